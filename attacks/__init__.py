@@ -1,0 +1,1 @@
+"""Every attack, and the adaptive view of a defense (BPDA, EOT, reparameterization)."""

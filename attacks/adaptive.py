@@ -1,0 +1,135 @@
+"""The adaptive view of a defense: exact forward values, adapted gradients.
+
+Athalye, Carlini & Wagner (2018) broke defenses by changing only how gradients are
+computed, never what is scored:
+
+* **BPDA** (§4.1): a non-differentiable step g keeps its exact value on the forward pass
+  and uses its declared ``approximation`` g̃ on the backward pass (straight-through:
+  ``g(x).detach() + g̃(x) − g̃(x).detach()``; identity when g̃ is the identity).
+* **EOT** (§4.2): for randomized defenses the gradient of E_t f(t(x)) is E_t ∇f(t(x)),
+  estimated with k draws. The k draws run as one batched pass of N·k rows.
+* **Reparameterization** (§4.3) lives in :mod:`attacks.reparam`.
+
+``bpda=False`` is the naive view: it back-propagates through each step as implemented.
+A step whose output carries no gradient (a codec run outside autograd) then contributes
+a zero gradient, which is what a naive evaluation sees and what the ``zero-gradients``
+flag measures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks.losses import LOSSES, fold_reject, margin
+
+
+class AdaptiveView(nn.Module):
+    """A differentiable module over a defense.
+
+    Args:
+        defense: a :class:`defenses.pipeline.Defense` (or any module with the contract).
+        bpda: replace non-differentiable steps' gradients by their approximation.
+        eot: draws of the randomness averaged per gradient (ignored when the defense is
+            deterministic, since every draw is the same).
+    """
+
+    def __init__(self, defense: nn.Module, bpda: bool = False, eot: int = 1) -> None:
+        super().__init__()
+        if eot < 1:
+            raise ValueError(f"eot must be >= 1, got {eot}")
+        self.defense = defense
+        self.bpda = bpda
+        self.eot = eot if getattr(defense, "randomized", False) else 1
+        self.rejects = bool(getattr(defense, "rejects", False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (k, N, C'): k draws of the exact defense, adapted gradients."""
+        n = x.shape[0]
+        h = x.repeat(self.eot, *([1] * (x.dim() - 1))) if self.eot > 1 else x
+        steps = getattr(self.defense, "steps", None)
+        if steps is None:  # a defense that is not a pipeline: differentiate it as is
+            out = _connect(self.defense(h), h)
+        else:
+            for step in steps:
+                h = self._apply(step, h)
+            out = _connect(self.defense.classifier(h), h)
+        return out.view(self.eot, n, *out.shape[1:])
+
+    def _apply(self, step: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if getattr(step, "differentiable", True):
+            return _connect(step(x), x)
+        if not self.bpda:
+            return _connect(step(x), x)
+        with torch.no_grad():
+            exact = step(x)
+        approx = step.approximation(x)
+        return exact.detach() + approx - approx.detach()
+
+
+def _connect(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Keep the autograd graph connected: an output computed outside autograd (numpy,
+    Pillow) gets a zero gradient instead of breaking ``backward``."""
+    if x.requires_grad and not out.requires_grad:
+        return out.detach() + 0.0 * x.sum()
+    return out
+
+
+@dataclass
+class Evaluation:
+    """One gradient query of the view at a batch of points.
+
+    Attributes:
+        loss: per-example loss averaged over the k draws.
+        grad: ∂loss/∂x (averaged over draws), or None when not requested.
+        margin: per-example margin averaged over draws (negative = misclassified).
+        logits: per-example logits averaged over draws, reject folded in.
+    """
+
+    loss: torch.Tensor
+    grad: torch.Tensor | None
+    margin: torch.Tensor
+    logits: torch.Tensor
+
+
+def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
+             grad: bool = True) -> Evaluation:
+    """Loss, margin and (optionally) input gradient of the view at ``x``.
+
+    The loss of each example is the mean over its k draws, so its gradient is the EOT
+    estimate E_t ∇f(t(x)) in a single backward pass.
+    """
+    loss_fn = LOSSES[loss]
+    x = x.detach().requires_grad_(grad)
+    with torch.enable_grad() if grad else torch.no_grad():
+        logits = view(x)  # (k, N, C')
+        k, n = logits.shape[:2]
+        yk = y.repeat(k)
+        folded = fold_reject(logits.reshape(k * n, -1), yk, view.rejects)
+        per_row = loss_fn(folded, yk).view(k, n)
+        value = per_row.mean(0)
+        g = torch.autograd.grad(value.sum(), x)[0] if grad else None
+    folded = folded.detach().view(k, n, -1)
+    return Evaluation(loss=value.detach(), grad=None if g is None else g.detach(),
+                      margin=margin(folded, y.expand(k, n)).mean(0),
+                      logits=folded.mean(0))
+
+
+class BestTracker:
+    """Keeps, per example, the lowest-margin point seen so far (AutoAttack keeps its best
+    point too: an attack must not lose a success it found on the way)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.detach().clone()
+        self.margin = torch.full((x.shape[0],), float("inf"), device=x.device)
+
+    def update(self, x: torch.Tensor, m: torch.Tensor, idx: torch.Tensor | None = None) -> None:
+        """Record ``x`` where its margin ``m`` beats the best so far (rows ``idx``)."""
+        if idx is None:
+            idx = torch.arange(self.x.shape[0], device=self.x.device)
+        better = m < self.margin[idx]
+        if better.any():
+            rows = idx[better]
+            self.x[rows] = x[better].detach()
+            self.margin[rows] = m[better]

@@ -1,0 +1,115 @@
+"""The attack interface and the manifest-free attack registry.
+
+An attack is a class with frozen default parameters (recorded in every result file)
+and one method, :meth:`Attack.run`, that returns adversarial inputs inside the threat
+model. The runner, not the attack, verifies them and scores them on the true defense.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from benchmark.threats import ThreatModel
+
+
+@dataclass
+class AttackContext:
+    """What the runner hands an attack besides the examples.
+
+    Attributes:
+        generator: the seeded CPU generator every random draw of the attack uses.
+        surrogate: an undefended model of the same dataset (for ``transfer``), or None.
+    """
+
+    generator: torch.Generator
+    surrogate: nn.Module | None = None
+
+
+@dataclass
+class AttackResult:
+    """Adversarial inputs plus diagnostics recorded in the result file.
+
+    Attributes:
+        x_adv: adversarial inputs, same shape as the clean batch.
+        info: JSON-ready diagnostics (queries used, gradient statistics, …).
+    """
+
+    x_adv: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class: subclasses set ``id``, ``summary``, a ``Params`` dataclass and ``run``."""
+
+    id: ClassVar[str]
+    summary: ClassVar[str]
+    #: True when the attack reads no gradient (Square, random, transfer replay).
+    gradient_free: ClassVar[bool] = False
+    #: True when the attack only applies to defenses exposing a reparameterization.
+    needs_reparameterization: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Params:
+        """No parameters."""
+
+    def __init__(self, **overrides: Any) -> None:
+        names = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"attack {self.id}: unknown parameter(s) {unknown}; known: {sorted(names)}")
+        self.params = self.Params(**overrides)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready id and parameters."""
+        return {"id": self.id, "params": dataclasses.asdict(self.params)}
+
+    def applies_to(self, defense: nn.Module) -> bool:
+        """Whether this attack runs against ``defense`` at all."""
+        if self.needs_reparameterization:
+            return getattr(defense, "reparameterization", None) is not None
+        return True
+
+    def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            threat: ThreatModel, ctx: AttackContext) -> AttackResult:
+        """Search the threat model around ``x`` for inputs ``defense`` misclassifies."""
+        raise NotImplementedError
+
+
+class Registry:
+    """Name → class, rejecting duplicates and suggesting close names on a typo."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, type] = {}
+
+    def register(self, cls: type) -> type:
+        """Class decorator adding ``cls`` under ``cls.id``."""
+        if cls.id in self._items:
+            raise ValueError(f"duplicate {self.kind} id {cls.id!r}")
+        self._items[cls.id] = cls
+        return cls
+
+    def get(self, name: str) -> type:
+        """The class registered as ``name``.
+
+        Raises:
+            KeyError: with the closest registered names.
+        """
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._items), n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise KeyError(f"unknown {self.kind} {name!r}.{hint} Registered: {sorted(self._items)}") from None
+
+    def ids(self) -> list[str]:
+        """Registered ids in registration order."""
+        return list(self._items)
+
+
+ATTACKS = Registry("attack")

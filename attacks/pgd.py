@@ -1,0 +1,157 @@
+"""FGSM and projected gradient descent, naive and adaptive.
+
+PGD (Madry et al. 2018, Eq. 2): x ← Π(x + α·step(∇L)), from a uniform random start in
+the ball, with step(·) the steepest-ascent direction of the threat's norm (sign for ℓ∞,
+normalized gradient for ℓ2). Defaults: 40 steps (Madry et al.'s MNIST budget) of size
+α = 2.5·ε/steps (the step rule of Madry et al.'s ``robustness`` library, large enough to
+cross the ball from any start), cross-entropy loss.
+
+The same loop runs on four views of the defense (:mod:`attacks.adaptive`): raw
+gradients (``pgd``, what a naive evaluation does), BPDA (``pgd-bpda``), EOT
+(``pgd-eot``) and both (``pgd-bpda-eot``). Every variant keeps the lowest-margin point it
+visited, and stops attacking an example of a deterministic defense once it is broken.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from benchmark.threats import ThreatModel
+
+
+def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+        steps: int, step_size: float, restarts: int, random_start: bool, loss: str,
+        generator: torch.Generator, early_stop: bool = True) -> tuple[torch.Tensor, dict]:
+    """Run PGD on ``view`` and return the best point per example and diagnostics.
+
+    Args:
+        step_size: α as a fraction of the threat's raw radius.
+        early_stop: drop examples of a deterministic defense once broken.
+
+    Returns:
+        (x_best, info) with ``info["zero_grad_fraction"]``: the share of examples whose
+        first gradient was zero or non-finite (the ``zero-gradients`` flag).
+    """
+    d = x[0].numel()
+    alpha = threat.step_size(d, step_size)
+    stochastic = view.eot > 1 or bool(getattr(view.defense, "randomized", False))
+    best = BestTracker(x)
+    first = evaluate(view, x, y, loss, grad=True)
+    best.update(x, first.margin)
+    flat = first.grad.reshape(len(x), -1)
+    zero = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
+    for _ in range(restarts):
+        active = torch.arange(len(x), device=x.device)
+        if early_stop and not stochastic:
+            active = active[best.margin >= 0]
+        if len(active) == 0:
+            break
+        x0, y0 = x[active], y[active]
+        xa = threat.random_start(x0, generator) if random_start else x0.clone()
+        for _ in range(steps):
+            ev = evaluate(view, xa, y0, loss)
+            best.update(xa, ev.margin, active)
+            g = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            xa = threat.project(xa + threat.step(g, alpha), x0)
+            if early_stop and not stochastic:
+                keep = best.margin[active] >= 0
+                if not keep.all():
+                    active, x0, y0, xa = active[keep], x0[keep], y0[keep], xa[keep]
+                    if len(active) == 0:
+                        break
+        if len(active):
+            best.update(xa, evaluate(view, xa, y0, loss, grad=False).margin, active)
+    return best.x, {"zero_grad_fraction": float(zero.float().mean())}
+
+
+class PGD(Attack):
+    """PGD on raw gradients: what a naive evaluation runs."""
+
+    id = "pgd"
+    summary = "PGD, raw gradients (naive)"
+    bpda = False
+    eot_default = 1
+
+    @dataclass(frozen=True)
+    class Params:
+        """PGD parameters (Madry et al. 2018)."""
+
+        #: Iterations per restart.
+        steps: int = 40
+        #: Step size α as a fraction of the raw radius ε (2.5/steps: Madry et al.'s rule).
+        step_size: float = 2.5 / 40
+        #: Random restarts (each from a uniform point in the ball).
+        restarts: int = 1
+        #: Start from a uniform random point in the ball rather than x.
+        random_start: bool = True
+        #: Loss maximized: "ce" (cross-entropy), "margin" or "dlr".
+        loss: str = "ce"
+        #: Draws of the defense's randomness averaged per gradient (EOT).
+        eot: int = 1
+
+    def view(self, defense: nn.Module) -> AdaptiveView:
+        """The view of the defense this variant attacks through."""
+        return AdaptiveView(defense, bpda=self.bpda, eot=self.params.eot)
+
+    def run(self, defense, x, y, threat, ctx: AttackContext) -> AttackResult:
+        p = self.params
+        x_adv, info = pgd(self.view(defense), x, y, threat, steps=p.steps, step_size=p.step_size,
+                          restarts=p.restarts, random_start=p.random_start, loss=p.loss,
+                          generator=ctx.generator)
+        return AttackResult(x_adv, info)
+
+
+@ATTACKS.register
+class FGSM(PGD):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of length ε from x,
+    on raw gradients (sign for ℓ∞, normalized gradient for ℓ2)."""
+
+    id = "fgsm"
+    summary = "FGSM, one step, raw gradients"
+
+    @dataclass(frozen=True)
+    class Params(PGD.Params):
+        """One full-ε step from the clean input."""
+
+        steps: int = 1
+        step_size: float = 1.0
+        random_start: bool = False
+
+
+ATTACKS.register(PGD)
+
+
+@ATTACKS.register
+class PGDBPDA(PGD):
+    """PGD through the BPDA view (Athalye et al. 2018, §4.1)."""
+
+    id = "pgd-bpda"
+    summary = "PGD with BPDA through non-differentiable steps"
+    bpda = True
+
+
+@ATTACKS.register
+class PGDEOT(PGD):
+    """PGD with expectation over transformation, k draws per gradient (§4.2)."""
+
+    id = "pgd-eot"
+    summary = "PGD with EOT over the defense's randomness"
+
+    @dataclass(frozen=True)
+    class Params(PGD.Params):
+        """PGD with k = 10 draws per gradient."""
+
+        eot: int = 10
+
+
+@ATTACKS.register
+class PGDBPDAEOT(PGDEOT):
+    """PGD with both BPDA and EOT (Athalye et al. 2018, §4.1–4.2)."""
+
+    id = "pgd-bpda-eot"
+    summary = "PGD with BPDA and EOT"
+    bpda = True

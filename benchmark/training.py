@@ -1,0 +1,104 @@
+"""``gauntlet train <id>``: run a manifest's recipe, save the weights, record their sha256.
+
+A recipe is a function ``recipe(job: TrainingJob, **args) -> nn.Module`` named in the
+manifest's ``train`` block. It gets a freshly built, untrained classifier, the defense's
+preprocessing built around it (so a model can be trained on encoded inputs), the
+training split and a seeded generator, and returns the trained classifier. The trainer
+writes its ``state_dict`` to the manifest's ``model.weights`` and rewrites only the
+``sha256:`` line of the manifest, so comments and layout survive.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmark.datasets import get_dataset
+from benchmark.manifest import sha256_file
+from benchmark.registry import Submission, build_defense, resolve
+
+
+@dataclass
+class TrainingJob:
+    """Everything a recipe needs.
+
+    Attributes:
+        submission: the submission being trained.
+        model: the untrained classifier (the manifest's ``model`` factory, fresh).
+        defense: the full defense wrapped around ``model`` (shares its parameters).
+        x_train: training inputs in [0, 1], (N, C, H, W).
+        y_train: training labels.
+        generator: seeded CPU generator for shuffling and noise.
+        device: where to train.
+        data_dir: the data folder (recipes that need other splits or surrogates).
+        submissions_dir: the folder of all submissions (recipes that use another
+            submission's model, e.g. cascade adversarial training).
+    """
+
+    submission: Submission
+    model: nn.Module
+    defense: nn.Module
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    generator: torch.Generator
+    device: torch.device
+    data_dir: Path | None
+    submissions_dir: Path
+
+
+def train_submission(sub: Submission, *, submissions_dir: Path, data_dir: Path | None = None,
+                     device: str = "cpu", seed: int = 0, overrides: dict | None = None,
+                     write: bool = True) -> tuple[nn.Module, float]:
+    """Train a submission from its manifest's recipe.
+
+    Args:
+        overrides: recipe arguments replacing the manifest's (e.g. a tiny budget in tests).
+        write: save the weights and update the manifest's sha256.
+
+    Returns:
+        (trained model, wall seconds).
+
+    Raises:
+        ValueError: the manifest has no train block or no weights path.
+    """
+    m = sub.manifest
+    if m.train is None:
+        raise ValueError(f"{sub.path}: train: no recipe in the manifest")
+    if m.model.weights is None:
+        raise ValueError(f"{sub.path}: model.weights: needed to save the trained model")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = resolve(m.model.factory, sub.folder, sub.id)(**m.model.args)
+    dev = torch.device(device)
+    model.to(dev)
+    defense = build_defense(sub, dev, classifier=model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    x, y = get_dataset(m.dataset).split("train", data_dir)
+    job = TrainingJob(sub, model, defense, x, y, gen, dev, data_dir, submissions_dir)
+    recipe = resolve(m.train.recipe, sub.folder, sub.id)
+    args = {**m.train.args, **(overrides or {})}
+    start = time.perf_counter()
+    trained = recipe(job, **args)
+    seconds = time.perf_counter() - start
+    if write:
+        save_weights(sub, trained)
+    return trained, seconds
+
+
+def save_weights(sub: Submission, model: nn.Module) -> str:
+    """Save a state dict to the manifest's weights path and update its sha256 line."""
+    path = sub.folder / sub.manifest.model.weights
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, path)
+    digest = sha256_file(path)
+    text = sub.path.read_text(encoding="utf-8")
+    new, count = re.subn(r"(?m)^(  sha256:\s*)\S*\s*$", rf"\g<1>{digest}", text, count=1)
+    if count != 1:
+        raise ValueError(f"{sub.path}: model.sha256: no '  sha256:' line under model to update")
+    sub.path.write_text(new, encoding="utf-8")
+    return digest

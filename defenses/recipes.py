@@ -1,0 +1,47 @@
+"""Training recipes named in manifests' ``train`` blocks.
+
+Each recipe is ``recipe(job, **args) -> model`` (see :mod:`benchmark.training`), seeded
+through ``job.generator`` so that the same arguments give the same weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator):
+    """Shuffled index batches of one epoch."""
+    perm = torch.randperm(n, generator=generator)
+    for i in range(0, n, batch_size):
+        yield perm[i:i + batch_size]
+
+
+def standard(job, epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
+             noise_sigma: float = 0.0, weight_decay: float = 0.0) -> nn.Module:
+    """Cross-entropy training with Adam through the defense's preprocessing.
+
+    Args:
+        epochs: passes over the training split.
+        lr: Adam learning rate.
+        batch_size: examples per step.
+        noise_sigma: Gaussian noise N(0, σ²) added to inputs in [0,1] space before the
+            preprocessing (Cohen et al. 2019's noise augmentation); 0 disables it.
+        weight_decay: Adam weight decay.
+    """
+    model, defense = job.model, job.defense
+    x, y = job.x_train.to(job.device), job.y_train.to(job.device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        model.train()
+        for idx in batches(len(x), batch_size, job.generator):
+            xb, yb = x[idx], y[idx]
+            if noise_sigma > 0:
+                noise = torch.randn(xb.shape, generator=job.generator).to(xb)
+                xb = xb + noise_sigma * noise
+            loss = F.cross_entropy(defense(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
