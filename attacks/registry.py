@@ -11,6 +11,11 @@ from attacks.base import ATTACKS, Attack
 #: Modules whose import registers attacks, in display order.
 ATTACK_MODULES = (
     "attacks.pgd",
+    "attacks.apgd",
+    "attacks.square",
+    "attacks.transfer",
+    "attacks.random_search",
+    "attacks.reparam",
 )
 
 _loaded = False

@@ -107,8 +107,14 @@ def existing_hash(results_dir: Path, run_id: str) -> str | None:
 
 
 def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every result file under ``results_dir`` in sorted order (raises on a bad one)."""
+    """Every result file under ``results_dir`` in sorted order (raises on a bad one).
+
+    ``manifest.json`` files (the manifest facts the runner copies beside a defense's
+    results for the leaderboard) are not result files and are skipped.
+    """
     for path in sorted(Path(results_dir).rglob("*.json")):
+        if path.name == "manifest.json":
+            continue
         yield path, read_result(path)
 
 

@@ -1,0 +1,138 @@
+"""Gradient-masking flags, computed from per-attack, per-example results.
+
+Each flag is a symptom listed by Athalye, Carlini & Wagner (2018, §3.1) or Carlini et al.
+(2019, "On Evaluating Adversarial Robustness", §4) of an evaluation whose gradients
+mislead. A flag is evidence to look at, not a verdict. Flags are pure functions of
+result records, so the runner stores them and the site can explain them.
+
+"Broken by attack a" for an example means: its clean prediction is right (more than
+half of the draws for a randomized defense) and its robust score under a is at most
+one half. A per-example comparison fires when at least ``max(1, 2% of n)`` examples
+are concerned, so that one noisy example does not raise a flag on a large run.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: Gradient-based attacks (white-box), by id.
+WHITE_BOX = ("fgsm", "pgd", "pgd-bpda", "pgd-eot", "pgd-bpda-eot", "apgd-ce", "apgd-dlr", "reparam")
+#: Attacks that read no gradient of the defense.
+BLACK_BOX = ("square", "transfer", "random")
+#: Iterative attacks on raw gradients FGSM is compared with.
+ITERATIVE_RAW = ("pgd",)
+
+FLAG_DOCS: dict[str, str] = {
+    "one-step-beats-iterative":
+        "FGSM breaks examples that iterative PGD on the same raw gradients did not: the loss surface "
+        "is not smooth enough for gradient steps to follow (Athalye et al. 2018, §3.1).",
+    "black-box-beats-white-box":
+        "A black-box attack (Square, transfer or random sampling) breaks examples that every gradient "
+        "attack missed: the gradients are masked or obfuscated.",
+    "unbounded-attack-fails":
+        "Naive PGD with ε = ∞ (still inside [0, 1]) leaves more than 1% of examples correctly "
+        "classified; an unbounded attack should reach ~100% success.",
+    "random-finds-more":
+        "Uniform random sampling in the ε-ball breaks examples the gradient attacks did not.",
+    "non-monotone-in-eps":
+        "Robust accuracy rises with ε somewhere on the accuracy-versus-ε sweep; a stronger adversary "
+        "can never do worse, so the attack is failing.",
+    "zero-gradients":
+        "More than 5% of examples have zero or non-finite input gradients under raw PGD: "
+        "shattered or vanishing gradients.",
+    "undeclared-randomness":
+        "The manifest declares the defense deterministic, but two identical calls gave different outputs.",
+    "certificate-violated":
+        "An example certified at this threat was broken by an attack: certified accuracy is a lower "
+        "bound and empirical accuracy an upper bound, so this is a bug in the certificate, the attack "
+        "or the defense (expected at most about α·n times for randomized smoothing).",
+}
+
+ZERO_GRAD_THRESHOLD = 0.05
+UNBOUNDED_THRESHOLD = 0.01
+MONOTONE_TOLERANCE = 0.02
+
+
+def _min_count(n: int) -> int:
+    return max(1, math.ceil(0.02 * n))
+
+
+def broken(record: dict[str, Any]) -> np.ndarray:
+    """Per-example boolean: clean-correct and broken by this attack."""
+    pe = record["per_example"]
+    clean = np.asarray(pe["clean_correct"], dtype=float)
+    robust = np.asarray(pe["robust_correct"], dtype=float)
+    return (clean > 0.5) & (robust <= 0.5)
+
+
+def _union(records: dict[str, dict], ids: tuple[str, ...], n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    for a in ids:
+        if a in records:
+            out |= broken(records[a])
+    return out
+
+
+def _flag(flag_id: str, raised: bool, **numbers: Any) -> dict[str, Any]:
+    return {"id": flag_id, "raised": bool(raised), "meaning": FLAG_DOCS[flag_id], "numbers": numbers}
+
+
+def compute_flags(attacks: dict[str, dict], *, unbounded: dict | None = None,
+                  sweep: list[tuple[float, float]] | None = None,
+                  randomness: dict | None = None,
+                  certificate: dict | None = None) -> list[dict[str, Any]]:
+    """All flags for one defense at one threat.
+
+    Args:
+        attacks: attack id → attack result record at this threat.
+        unbounded: the ``pgd`` record at ``linf-inf``, if run.
+        sweep: (ε, worst-case accuracy) points of this threat's norm, in ε order.
+        randomness: ``{"declared": bool, "varied": bool, "max_abs_diff": float}``.
+        certificate: ``{"certified": [bool per example]}`` at this threat, if certified.
+
+    Returns:
+        One entry per applicable flag: ``{id, raised, meaning, numbers}``.
+    """
+    if not attacks:
+        return []
+    n = len(next(iter(attacks.values()))["per_example"]["clean_correct"])
+    need = _min_count(n)
+    flags = []
+    if "fgsm" in attacks and any(a in attacks for a in ITERATIVE_RAW):
+        extra = int((broken(attacks["fgsm"]) & ~_union(attacks, ITERATIVE_RAW, n)).sum())
+        flags.append(_flag("one-step-beats-iterative", extra >= need, examples=extra, threshold=need, n=n))
+    white = _union(attacks, WHITE_BOX, n)
+    if any(a in attacks for a in BLACK_BOX):
+        extra = int((_union(attacks, BLACK_BOX, n) & ~white).sum())
+        flags.append(_flag("black-box-beats-white-box", extra >= need, examples=extra, threshold=need, n=n))
+    if "random" in attacks:
+        extra = int((broken(attacks["random"]) & ~white).sum())
+        flags.append(_flag("random-finds-more", extra >= need, examples=extra, threshold=need, n=n))
+    if unbounded is not None:
+        acc = float(unbounded["summary"]["robust_accuracy"])
+        flags.append(_flag("unbounded-attack-fails", acc > UNBOUNDED_THRESHOLD,
+                           accuracy_at_eps_inf=acc, threshold=UNBOUNDED_THRESHOLD))
+    if sweep and len(sweep) > 1:
+        rises = [(e1, a0, a1) for (e0, a0), (e1, a1) in zip(sweep, sweep[1:]) if a1 > a0 + MONOTONE_TOLERANCE]
+        worst = max(rises, key=lambda r: r[2] - r[1]) if rises else None
+        flags.append(_flag("non-monotone-in-eps", bool(rises), rises=len(rises),
+                           largest_rise=round(worst[2] - worst[1], 6) if worst else 0.0,
+                           at_eps=worst[0] if worst else None, tolerance=MONOTONE_TOLERANCE))
+    if "pgd" in attacks and "zero_grad_fraction" in attacks["pgd"].get("info", {}):
+        frac = float(attacks["pgd"]["info"]["zero_grad_fraction"])
+        flags.append(_flag("zero-gradients", frac > ZERO_GRAD_THRESHOLD, fraction=frac,
+                           threshold=ZERO_GRAD_THRESHOLD))
+    if randomness is not None:
+        raised = (not randomness["declared"]) and randomness["varied"]
+        flags.append(_flag("undeclared-randomness", raised, declared_randomized=randomness["declared"],
+                           outputs_varied=randomness["varied"], max_abs_diff=randomness["max_abs_diff"]))
+    if certificate is not None:
+        cert = np.asarray(certificate["certified"], dtype=bool)
+        hits = [a for a in attacks]
+        broken_any = _union(attacks, tuple(hits), n)
+        idx = np.flatnonzero(cert & broken_any).tolist()
+        flags.append(_flag("certificate-violated", len(idx) > certificate.get("allowed", 0),
+                           violations=len(idx), examples=idx[:20], allowed=certificate.get("allowed", 0)))
+    return flags

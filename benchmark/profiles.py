@@ -1,0 +1,55 @@
+"""Named run profiles: how many examples and samples a run uses, in one place.
+
+A profile changes sizes (examples, scoring draws, certification samples), never an
+attack's strength: attack budgets are the registry's defaults unless a manifest
+declares an override with a reason, and both are recorded in every result file and
+shown on the site.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of a run."""
+
+    #: Profile name, recorded in every result file.
+    name: str
+    #: Test examples per dataset (None = the whole test split).
+    n_examples: int | None
+    #: Scoring draws R per final x_adv for randomized defenses (≥ 10, DESIGN.md).
+    draws: int
+    #: Noise samples n for CERTIFY (None = the manifest's, default 100,000).
+    certify_n: int | None
+    #: Run the accuracy-versus-ε sweeps.
+    sweep: bool
+    #: One line for the site.
+    description: str
+
+    def describe(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p for p in (
+        Profile("quick", 100, 10, 10_000, True,
+                "Embedded default and CI: the first 100 test examples (class-balanced), "
+                "n = 10,000 noise samples per certificate."),
+        Profile("full", None, 10, None, True,
+                "Nightly: every test example, the manifests' n (default 100,000)."),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Look up a profile.
+
+    Raises:
+        KeyError: naming the known profiles.
+    """
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}; known: {sorted(PROFILES)}") from None

@@ -1,0 +1,462 @@
+"""The runner: every defense × every attack × every threat, written as result files.
+
+Data flows one way: manifest → defense → attacks / certifier → result files. For each
+valid submission the runner
+
+1. loads the fixed evaluation slice of its dataset and builds the defense;
+2. scores the clean inputs once (R draws for a randomized defense) and checks that a
+   declared-deterministic defense really is;
+3. runs every registered attack at every requested threat, verifies every final point
+   against the threat model itself, scores it on the true defense in a fresh no-grad
+   pass, and writes one result file per run (skipped when a file with the same config
+   hash exists: resume);
+4. runs naive PGD at ε = ∞ and the accuracy-versus-ε sweeps (naive ``pgd`` and the
+   strongest gradient attack at each ε);
+5. certifies the submissions whose manifest claims a certificate;
+6. computes the gradient-masking flags per fixed threat from the files of 3–5.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import inspect
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from attacks.base import AttackContext
+from attacks.registry import attack_ids, make_attack
+from benchmark import results as rf
+from benchmark.datasets import get_dataset
+from benchmark.flags import WHITE_BOX, compute_flags
+from benchmark.profiles import Profile, get_profile
+from benchmark.registry import Submission, build_defense, manifest_paths, validate
+from benchmark.scoring import Scores, declared_randomness_check, score
+from benchmark.threats import FIXED_THREATS, SWEEPS, ThreatModel, ThreatViolation, get_threat
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What ``gauntlet run`` does."""
+
+    #: Folder of submission folders.
+    submissions_dir: Path = Path("submissions")
+    #: Defense ids to run (empty = all valid submissions).
+    defenses: tuple[str, ...] = ()
+    #: Attack ids to run (empty = every registered attack).
+    attacks: tuple[str, ...] = ()
+    #: Threat ids (default: the two fixed threat models).
+    threats: tuple[str, ...] = FIXED_THREATS
+    #: Run profile (sizes): "quick" or "full".
+    profile: str = "quick"
+    #: Examples per dataset; None = the profile's.
+    n_examples: int | None = None
+    #: "auto", "cpu", "cuda" or "cuda:N".
+    device: str = "auto"
+    #: Master seed; every job derives its own from it and its run id.
+    seed: int = 0
+    #: Where result files go.
+    results_dir: Path = Path("results")
+    #: Dataset folder (``--data-dir``); None = ``$GAUNTLET_DATA``.
+    data_dir: Path | None = None
+    #: Examples per attack batch.
+    batch_size: int = 100
+    #: Run the ε sweeps; None = the profile's choice.
+    sweep: bool | None = None
+    #: Certify submissions that claim a certificate.
+    certify: bool = True
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU.
+
+    Raises:
+        ValueError: CUDA was asked for and is not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def job_seed(seed: int, run_id: str) -> int:
+    """A 63-bit seed derived from the master seed and a run id."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{run_id}".encode()).digest()[:8], "big") >> 1
+
+
+@lru_cache(maxsize=None)
+def _source_hash(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def code_hash(*objs: Any) -> str:
+    """Hash of the source files defining ``objs`` and of the scoring code (in config hashes,
+    so that a changed attack or scoring rule is recomputed on resume)."""
+    import benchmark.scoring
+    import benchmark.threats
+
+    def source(o: Any) -> str:
+        named = inspect.isclass(o) or inspect.ismodule(o) or inspect.isfunction(o)
+        return inspect.getsourcefile(o if named else type(o))
+
+    files = sorted({source(o) for o in (*objs, benchmark.scoring, benchmark.threats)})
+    return hashlib.sha256("".join(_source_hash(f) for f in files).encode()).hexdigest()[:16]
+
+
+class SubmissionRun:
+    """Everything computed once per submission and shared by its jobs."""
+
+    def __init__(self, sub: Submission, cfg: RunConfig, profile: Profile, device: torch.device,
+                 surrogate: Callable[[], nn.Module | None]) -> None:
+        self.sub, self.cfg, self.profile, self.device = sub, cfg, profile, device
+        m = sub.manifest
+        self.dataset = get_dataset(m.dataset)
+        n = cfg.n_examples if cfg.n_examples is not None else profile.n_examples
+        self.indices = self.dataset.eval_indices(n, cfg.data_dir)
+        x, y = self.dataset.split("test", cfg.data_dir)
+        self.x = x[self.indices].to(device)
+        self.y = y[self.indices].to(device)
+        self.defense = build_defense(sub, device)
+        self.draws = profile.draws if self.defense.randomized else 1
+        self._surrogate = surrogate
+        specs = [("model", m.model)] + [(f"defense.steps[{i}]", s)
+                                        for i, s in enumerate(m.defense.steps if m.defense else [])]
+        self.weights_sha = {k: s.sha256 for k, s in specs if s.sha256}
+        self.overrides = {o.attack: o for o in m.attack_overrides}
+        seed = job_seed(cfg.seed, f"{m.dataset}/{m.id}/clean")
+        torch.manual_seed(seed)
+        self.clean: Scores = score(self.defense, self.x, self.y, self.draws)
+        self.randomness = declared_randomness_check(self.defense, self.x[:16], m.properties.randomized)
+
+    # -- common record fields ----------------------------------------------------------
+
+    def defense_info(self) -> dict[str, Any]:
+        m = self.sub.manifest
+        return {"id": m.id, "name": m.name, "manifest_sha256": self.sub.manifest_sha256,
+                "weights_sha256": self.weights_sha, "randomized": bool(self.defense.randomized),
+                "rejects": bool(getattr(self.defense, "rejects", False))}
+
+    def dataset_info(self) -> dict[str, Any]:
+        return {"id": self.dataset.id, "n": len(self.indices), "indices": list(self.indices)}
+
+    def envelope(self, kind: str, run_id: str, config: dict[str, Any], seconds: float) -> dict[str, Any]:
+        return {
+            "schema_version": rf.SCHEMA_VERSION, "kind": kind, "run_id": run_id,
+            "config_hash": rf.config_hash(config), "config": config, "profile": self.profile.name,
+            "seed": self.cfg.seed, "dataset": self.dataset_info(), "defense": self.defense_info(),
+            "timing": {"wall_seconds": round(seconds, 3),
+                       "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+            "environment": rf.environment(str(self.device)),
+        }
+
+    def base_config(self, kind: str) -> dict[str, Any]:
+        return {"schema_version": rf.SCHEMA_VERSION, "kind": kind, "dataset": self.dataset.id,
+                "indices": list(self.indices), "defense": self.sub.id,
+                "manifest_sha256": self.sub.manifest_sha256, "weights_sha256": self.weights_sha,
+                "seed": self.cfg.seed, "draws": self.draws}
+
+    # -- attack jobs -------------------------------------------------------------------
+
+    def attack_job(self, attack_id: str, threat: ThreatModel, summary: RunSummary) -> dict | None:
+        """Run one attack at one threat (or reuse its result) and return the record."""
+        override = self.overrides.get(attack_id)
+        attack = make_attack(attack_id, **(override.params if override else {}))
+        if not attack.applies_to(self.defense):
+            return None
+        run_id = rf.attack_run_id(self.dataset.id, self.sub.id, threat.id, attack_id)
+        config = {**self.base_config("attack"), "attack": attack.describe(), "threat": threat.id,
+                  "code": code_hash(attack)}
+        path = rf.result_path(self.cfg.results_dir, run_id)
+        if rf.existing_hash(self.cfg.results_dir, run_id) == rf.config_hash(config):
+            summary.skipped.append(run_id)
+            return rf.read_result(path)
+        start = time.perf_counter()
+        seed = job_seed(self.cfg.seed, run_id)
+        torch.manual_seed(seed)
+        ctx = AttackContext(torch.Generator().manual_seed(seed),
+                            self._surrogate() if attack_id == "transfer" else None)
+        x_adv = self.x.clone()
+        todo = torch.nonzero(self.clean.correct > 0).flatten()
+        infos: list[tuple[int, dict]] = []
+        for start_i in range(0, len(todo), self.cfg.batch_size):
+            rows = todo[start_i:start_i + self.cfg.batch_size]
+            xb, yb = self.x[rows], self.y[rows]
+            res = attack.run(self.defense, xb, yb, threat, ctx)
+            threat.verify(res.x_adv, xb)  # the runner verifies, not the attack
+            x_adv[rows] = res.x_adv.detach()
+            infos.append((len(rows), res.info))
+        torch.manual_seed(job_seed(self.cfg.seed, run_id + "/score"))
+        adv = score(self.defense, x_adv, self.y, self.draws)
+        robust = torch.minimum(self.clean.correct, adv.survives)
+        robust_worst = self.clean.correct_all * adv.survives_all
+        norms = threat.distance(x_adv.double(), self.x.double())
+        n = len(self.indices)
+        record = self.envelope("attack", run_id, config, time.perf_counter() - start)
+        record.update({
+            "attack": {**attack.describe(), "summary": attack.summary,
+                       "gradient_free": bool(attack.gradient_free),
+                       "override_reason": override.reason if override else None},
+            "threat": threat.describe(self.dataset.dim),
+            "draws": self.draws,
+            "per_example": {
+                "clean_correct": _floats(self.clean.correct),
+                "robust_correct": _floats(robust),
+                "robust_correct_worst": [int(v) for v in robust_worst.tolist()],
+                "perturbation_norm": _floats(norms),
+                "clean_rejected": _floats(self.clean.rejected),
+                "adv_rejected": _floats(adv.rejected),
+            },
+            "summary": {
+                "n": n,
+                "clean_accuracy": _mean(self.clean.correct),
+                "robust_accuracy": _mean(robust),
+                "robust_accuracy_worst_of_draws": _mean(robust_worst),
+                "clean_rejection_rate": _mean(self.clean.rejected),
+                "adv_rejection_rate": _mean(adv.rejected),
+            },
+            "info": _merge_info(infos),
+        })
+        rf.write_result(self.cfg.results_dir, record)
+        summary.written.append(run_id)
+        return record
+
+
+def _floats(t: torch.Tensor) -> list[float]:
+    return [round(float(v), 6) for v in t.detach().cpu().tolist()]
+
+
+def _mean(t: torch.Tensor) -> float:
+    return round(float(t.float().mean()), 6) if t.numel() else 0.0
+
+
+def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
+    """Numeric diagnostics averaged over batches (weighted by size), others kept last."""
+    total = sum(n for n, _ in infos) or 1
+    out: dict[str, Any] = {}
+    for key in {k for _, i in infos for k in i}:
+        values = [(n, i[key]) for n, i in infos if key in i]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for _, v in values):
+            out[key] = round(sum(n * v for n, v in values) / total, 6)
+        else:
+            out[key] = values[-1][1]
+    return out
+
+
+def strongest_attack(records: dict[str, dict]) -> str | None:
+    """The gradient attack with the lowest robust accuracy (ties: registry order)."""
+    best = None
+    for a in attack_ids():
+        if a in records and a in WHITE_BOX and a != "fgsm":
+            acc = records[a]["summary"]["robust_accuracy"]
+            if best is None or acc < best[1]:
+                best = (a, acc)
+    return best[0] if best else None
+
+
+def worst_case(records: list[dict]) -> float:
+    """Mean over examples of the minimum robust score over the given records."""
+    rows = [r["per_example"]["robust_correct"] for r in records]
+    if not rows:
+        return math.nan
+    return float(sum(min(col) for col in zip(*rows)) / len(rows[0]))
+
+
+def _write_manifest_facts(run: SubmissionRun, results_dir: Path) -> None:
+    import json
+
+    facts = run.sub.manifest.model_dump(mode="json", by_alias=True)
+    facts["manifest_sha256"] = run.sub.manifest_sha256
+    path = Path(results_dir) / run.dataset.id / run.sub.id / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_submission(run: SubmissionRun, attacks: list[str], threats: list[ThreatModel],
+                   summary: RunSummary, progress: Any) -> None:
+    """All jobs of one submission."""
+    cfg = run.cfg
+    _write_manifest_facts(run, cfg.results_dir)
+    by_threat: dict[str, dict[str, dict]] = {}
+    for threat in threats:
+        recs = by_threat.setdefault(threat.id, {})
+        for a in attacks:
+            progress.set_postfix_str(f"{run.sub.id} {threat.id} {a}")
+            rec = _guarded(run.attack_job, a, threat, summary)
+            progress.update(1)
+            if rec is not None:
+                recs[a] = rec
+    unbounded = None
+    if "pgd" in attacks:
+        progress.set_postfix_str(f"{run.sub.id} linf-inf pgd")
+        unbounded = _guarded(run.attack_job, "pgd", get_threat("linf-inf"), summary)
+    sweeps: dict[str, list[tuple[float, float]]] = {}
+    do_sweep = cfg.sweep if cfg.sweep is not None else run.profile.sweep
+    if do_sweep:
+        for norm in ("linf", "l2"):
+            fixed = [t for t in threats if t.norm == norm]
+            base = by_threat.get(fixed[0].id, {}) if fixed else {}
+            chosen = [a for a in ("pgd", strongest_attack(base)) if a and a in attacks]
+            points = []
+            for eps in SWEEPS[norm]:
+                threat = ThreatModel(norm, eps)
+                recs = [base[a] for a in chosen if a in base] if fixed and threat.id == fixed[0].id else None
+                if recs is None:
+                    progress.set_postfix_str(f"{run.sub.id} sweep {threat.id}")
+                    recs = [r for a in dict.fromkeys(chosen)
+                            if (r := _guarded(run.attack_job, a, threat, summary)) is not None]
+                if recs:
+                    points.append((eps, worst_case(recs)))
+            sweeps[norm] = points
+    certificate = None
+    if cfg.certify and run.sub.manifest.certify is not None:
+        progress.set_postfix_str(f"{run.sub.id} certify")
+        certificate = _guarded(certify_job, run, threats, summary)
+    for threat in threats:
+        if threat.id not in FIXED_THREATS:
+            continue
+        _guarded(flags_job, run, threat, by_threat.get(threat.id, {}), unbounded,
+                 sweeps.get(threat.norm), certificate, summary)
+
+
+def _guarded(fn: Callable, *args: Any) -> Any:
+    """Run a job; a failure is recorded in the summary (last arg) and the run goes on."""
+    summary: RunSummary = args[-1]
+    try:
+        return fn(*args)
+    except ThreatViolation as e:
+        summary.errors.append(f"{fn.__name__}{_job_name(args)}: threat violation: {e}")
+    except Exception as e:  # noqa: BLE001 - one failing job must not lose the others
+        summary.errors.append(f"{fn.__name__}{_job_name(args)}: {type(e).__name__}: {e}")
+    return None
+
+
+def _job_name(args: tuple) -> str:
+    parts = [a.id if isinstance(a, ThreatModel) else a for a in args[:-1] if isinstance(a, (str, ThreatModel))]
+    return f"({', '.join(parts)})" if parts else ""
+
+
+def certify_job(run: SubmissionRun, threats: list[ThreatModel], summary: RunSummary) -> dict | None:
+    """Certify a submission (or reuse its certificate) and return the record."""
+    from benchmark.certify import certify_submission
+
+    spec = run.sub.manifest.certify
+    run_id = f"{run.dataset.id}/{run.sub.id}/certify/{spec.method}"
+    import benchmark.certify as cert_module
+
+    n_override = run.profile.certify_n
+    config = {**run.base_config("certify"), "certify": spec.model_dump(mode="json"),
+              "profile_n": n_override, "threats": [t.id for t in threats], "code": code_hash(cert_module)}
+    if rf.existing_hash(run.cfg.results_dir, run_id) == rf.config_hash(config):
+        summary.skipped.append(run_id)
+        return rf.read_result(rf.result_path(run.cfg.results_dir, run_id))
+    start = time.perf_counter()
+    body = certify_submission(run.sub, run.defense, run.x, run.y, indices=run.indices, threats=threats,
+                              device=run.device, seed=job_seed(run.cfg.seed, run_id), profile_n=n_override)
+    record = run.envelope("certify", run_id, config, time.perf_counter() - start)
+    record.update(body)
+    rf.write_result(run.cfg.results_dir, record)
+    summary.written.append(run_id)
+    return record
+
+
+def flags_job(run: SubmissionRun, threat: ThreatModel, records: dict[str, dict], unbounded: dict | None,
+              sweep: list[tuple[float, float]] | None, certificate: dict | None, summary: RunSummary) -> dict:
+    """Compute and write the flags of one defense at one fixed threat."""
+    cert = None
+    if certificate is not None:
+        pe = certificate["per_example"]
+        r = threat.l2_radius(run.dataset.dim)
+        certified = [bool(c) and rad >= r for c, rad in zip(pe["correct"], pe["radius"])]
+        alpha = getattr(run.sub.manifest.certify, "alpha", 0.0)
+        cert = {"certified": certified, "allowed": math.ceil(alpha * len(certified))}
+    flags = compute_flags(records, unbounded=unbounded, sweep=sweep, randomness=run.randomness, certificate=cert)
+    run_id = f"{run.dataset.id}/{run.sub.id}/{threat.id}/flags"
+    inputs = sorted(r["config_hash"] for r in [*records.values(), unbounded, certificate] if r)
+    config = {**run.base_config("flags"), "threat": threat.id, "inputs": inputs, "sweep": sweep,
+              "randomness": run.randomness, "code": code_hash(compute_flags)}
+    record = run.envelope("flags", run_id, config, 0.0)
+    record.update({"threat": threat.describe(run.dataset.dim), "flags": flags})
+    if rf.existing_hash(run.cfg.results_dir, run_id) != rf.config_hash(config):
+        rf.write_result(run.cfg.results_dir, record)
+        summary.written.append(run_id)
+    return record
+
+
+def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
+    """Run the benchmark.
+
+    Raises:
+        benchmark.manifest.ManifestError: a requested manifest is invalid (nothing is run).
+        KeyError: an unknown attack, defense or threat id was requested.
+    """
+    from tqdm import tqdm
+
+    from benchmark.manifest import ManifestError
+
+    profile = get_profile(cfg.profile)
+    device = resolve_device(cfg.device)
+    subs, problems = validate(manifest_paths([cfg.submissions_dir]))
+    if cfg.defenses:
+        known = {s.id for s in subs}
+        missing = [d for d in cfg.defenses if d not in known]
+        if missing:
+            problems.append(f"{cfg.submissions_dir}: --defense: unknown or invalid defense(s) {missing}; "
+                            f"valid: {sorted(known)}")
+        subs = [s for s in subs if s.id in cfg.defenses]
+        problems = [p for p in problems if any(f"/{d}/" in p for d in cfg.defenses) or "--defense" in p]
+    if problems:
+        raise ManifestError(problems)
+    attacks = list(cfg.attacks) or attack_ids()
+    for a in attacks:
+        make_attack(a)  # unknown id → KeyError with close names, before any work
+    threats = [get_threat(t) for t in cfg.threats]
+    summary = RunSummary()
+    surrogates: dict[str, nn.Module | None] = {}
+
+    def surrogate_for(dataset_id: str) -> Callable[[], nn.Module | None]:
+        def load() -> nn.Module | None:
+            if dataset_id not in surrogates:
+                std = [s for s in subs_all if s.manifest.dataset == dataset_id and s.id.startswith("standard-")
+                       and s.manifest.defense is None]
+                surrogates[dataset_id] = build_defense(std[0], device) if std else None
+            return surrogates[dataset_id]
+        return load
+
+    subs_all, _ = validate(manifest_paths([cfg.submissions_dir]), check_weights=False)
+    per_sub = len(threats) * len(attacks)
+    with tqdm(total=per_sub * len(subs), desc="gauntlet", unit="job", disable=not progress,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for sub in subs:
+            try:
+                sr = SubmissionRun(sub, cfg, profile, device, surrogate_for(sub.manifest.dataset))
+            except Exception as e:  # noqa: BLE001 - a broken defense must not stop the others
+                summary.errors.append(f"{sub.id}: cannot build or score the defense: {type(e).__name__}: {e}")
+                bar.update(per_sub)
+                continue
+            run_submission(sr, attacks, threats, summary, bar)
+    return summary
+
+
+def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of ``cfg`` with fields changed."""
+    return dataclasses.replace(cfg, **changes)
