@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--results", type=Path, default=Path("results"), help="result folder (default results/)")
     r.add_argument("--site", type=Path, default=Path("site"), help="site folder (default site/)")
     r.add_argument("--data-dir", type=Path, default=None, help="dataset folder (default $GAUNTLET_DATA)")
+    r.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     r.add_argument("--batch-size", type=int, default=100, help="examples per attack batch (default 100)")
     r.add_argument("--no-sweep", action="store_true", help="skip the accuracy-versus-ε sweeps")
     r.add_argument("--no-certify", action="store_true", help="skip certification")
@@ -189,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         attacks=tuple(args.attack), threats=tuple(args.threat) or FIXED_THREATS,
                         profile=args.profile, n_examples=args.n_examples, device=args.device,
                         seed=args.seed, results_dir=args.results, data_dir=args.data_dir,
-                        batch_size=args.batch_size, sweep=False if args.no_sweep else None,
+                        batch_size=args.batch_size, download=args.download, sweep=False if args.no_sweep else None,
                         certify=not args.no_certify)
         summary = run(cfg, progress=not args.quiet)
     except ManifestError as e:

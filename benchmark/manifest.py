@@ -8,6 +8,8 @@ The JSON Schema for submitters is :func:`json_schema` (``gauntlet schema``).
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -154,8 +156,12 @@ def _loc(loc: tuple) -> str:
             parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
         elif p in ("randomized-smoothing", "lipschitz") and parts and parts[-1] == "certify":
             continue
+        elif p == "schema_":
+            parts.append("schema")
         else:
-            parts.append("schema" if p == "schema_" else str(p))
+            # A key typed by the submitter may hold anything: keep the message one line.
+            text = str(p)
+            parts.append(text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else json.dumps(text))
     return ".".join(parts) or "(top level)"
 
 

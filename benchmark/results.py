@@ -69,6 +69,15 @@ def write_result(results_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def remove_stale_temporaries(results_dir: Path) -> int:
+    """Delete temporary files a killed writer left behind (never a finished result)."""
+    count = 0
+    for tmp in Path(results_dir).rglob(".*.json.*.tmp") if Path(results_dir).is_dir() else []:
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
 def read_result(path: Path) -> dict[str, Any]:
     """Read one result file.
 

@@ -67,6 +67,8 @@ class RunConfig:
     results_dir: Path = Path("results")
     #: Dataset folder (``--data-dir``); None = ``$GAUNTLET_DATA``.
     data_dir: Path | None = None
+    #: Let torchvision download a missing dataset (needs a network).
+    download: bool = False
     #: Examples per attack batch.
     batch_size: int = 100
     #: Run the ε sweeps; None = the profile's choice.
@@ -130,8 +132,8 @@ class SubmissionRun:
         m = sub.manifest
         self.dataset = get_dataset(m.dataset)
         n = cfg.n_examples if cfg.n_examples is not None else profile.n_examples
+        x, y = self.dataset.split("test", cfg.data_dir, download=cfg.download)
         self.indices = self.dataset.eval_indices(n, cfg.data_dir)
-        x, y = self.dataset.split("test", cfg.data_dir)
         self.x = x[self.indices].to(device)
         self.y = y[self.indices].to(device)
         self.defense = build_defense(sub, device)
@@ -332,8 +334,6 @@ def run_submission(run: SubmissionRun, attacks: list[str], threats: list[ThreatM
         progress.set_postfix_str(f"{run.sub.id} certify")
         certificate = _guarded(certify_job, run, threats, summary)
     for threat in threats:
-        if threat.id not in FIXED_THREATS:
-            continue
         _guarded(flags_job, run, threat, by_threat.get(threat.id, {}), unbounded,
                  sweeps.get(threat.norm), certificate, summary)
 
@@ -431,6 +431,7 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
         make_attack(a)  # unknown id → KeyError with close names, before any work
     threats = [get_threat(t) for t in cfg.threats]
     summary = RunSummary()
+    rf.remove_stale_temporaries(cfg.results_dir)
     surrogates: dict[str, nn.Module | None] = {}
 
     def surrogate_for(dataset_id: str) -> Callable[[], nn.Module | None]:

