@@ -12,7 +12,8 @@ Algorithm, for target radii r_1 < … < r_m, i.e. targets p*_j = Φ(r_j / σ):
 2. Fixed cumulative sample sizes n_1 < n_2 < … < n_K = n are drawn in turn. After stage
    k, with n_A^k hits of c_A among the first n_k fresh samples, compute the one-sided
    Clopper–Pearson bounds LB_k and UB_k at level α/K each.
-3. Stop as soon as every target is decided: LB_k ≥ p*_j (certified at r_j) or
+3. Stop as soon as every target is decided (targets beyond σ·Φ⁻¹((α/K)^{1/n}), the
+   largest radius reachable with n samples, are dropped first): LB_k ≥ p*_j (certified at r_j) or
    UB_k < p*_j (cannot be certified at r_j). Report the radius σ·Φ⁻¹(LB_k) of the
    stopping stage (0 and abstain when LB_k < 1/2).
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from benchmark.certification.smoothing import (
-    ABSTAIN, Certificate, lower_confidence_bound, radius_from_bound, required_bound,
+    ABSTAIN, Certificate, lower_confidence_bound, max_radius, radius_from_bound, required_bound,
     upper_confidence_bound)
 from defenses.smoothing import sample_counts
 
@@ -81,7 +82,10 @@ def certify_sequential(model: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         raise ValueError("at least one target radius is needed")
     sizes = stage_sizes(n, stages)
     level = alpha / len(sizes)
-    targets = np.array([required_bound(r, sigma) for r in radii])
+    # A target beyond the largest radius n samples can give at level α/K can never be
+    # certified: leave it out of the stopping rule rather than sample for nothing.
+    reachable = [r for r in radii if r <= max_radius(n, level, sigma)] or [min(radii)]
+    targets = np.array([required_bound(r, sigma) for r in reachable])
     sel = sample_counts(model, x, n0, sigma, batch=batch, generator=generator, autocast=autocast)
     c_a = sel.argmax(dim=1)
     num = len(x)
