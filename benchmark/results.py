@@ -28,7 +28,7 @@ from typing import Any, Iterator
 SCHEMA_VERSION = 1
 #: Schema versions this reader still understands (old files must keep loading).
 READABLE_SCHEMAS = (1,)
-KINDS = ("attack", "flags", "certify")
+KINDS = ("attack", "flags", "certify", "error")
 
 
 class ResultError(RuntimeError):

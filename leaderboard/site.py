@@ -1,0 +1,275 @@
+"""Render the static leaderboard site from result files.
+
+``build_site(results_dir, site_dir)`` reads the results (:mod:`leaderboard.aggregate`),
+draws the plots (:mod:`leaderboard.plots`), copies the result files and static assets,
+and renders the Jinja templates with ``autoescape=True``: every submitter string is
+escaped, no template marks submitter data ``|safe``, and only http(s) URLs become
+links. The folder is self-contained (no CDN, no network request) and works from
+``file://``; the tables are complete and ranked without JavaScript, which only adds
+column sorting and a search box.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from benchmark.datasets import DATASETS
+from benchmark.threats import FIXED_THREATS, SWEEPS, get_threat
+from leaderboard import aggregate as agg
+from leaderboard import plots
+
+PACKAGE = Path(__file__).resolve().parent
+#: Generated sub-folders, removed before each build so no stale page survives.
+GENERATED = ("results", "plots", "defenses", "static")
+THREAT_TITLE = {"linf-0.031": "ℓ∞, ε = 0.031", "l2-0.005": "ℓ2, ε = 0.005 per input value (RMS)"}
+#: Columns of the CSV that hold submitter text (guarded against spreadsheet formulas).
+_TEXT_COLUMNS = ("name", "paper_title", "venue", "authors", "claim_source")
+
+
+def build_site(results_dir: Path, site_dir: Path, submissions_dir: Path | None = None) -> Path:
+    """Build the static site.
+
+    Args:
+        results_dir: the runner's results folder.
+        site_dir: output folder (created; its generated sub-folders are replaced).
+        submissions_dir: manifests to fall back on when a defense has no ``manifest.json``.
+
+    Returns:
+        The path of ``index.html``.
+
+    Raises:
+        benchmark.results.ResultError: naming the file, for any unreadable result.
+    """
+    board = agg.load_board(Path(results_dir), submissions_dir)
+    site = Path(site_dir)
+    site.mkdir(parents=True, exist_ok=True)
+    for sub in GENERATED:
+        if (site / sub).is_dir():
+            shutil.rmtree(site / sub)
+    shutil.copytree(PACKAGE / "static", site / "static")
+    _copy_results(board, site)
+
+    table = agg.leaderboard(board)
+    _write_downloads(table, site)
+    env = _environment()
+    pages = {"index.html": ("index.html", _index_context(board, table)),
+             "claims.html": ("claims.html", _claims_context(board)),
+             "methodology.html": ("methodology.html", _methodology_context(board))}
+    for dataset in board.datasets():
+        for defense in board.defenses(dataset):
+            pages[f"defenses/{dataset}/{defense}.html"] = (
+                "defense.html", _defense_context(board, dataset, defense, site))
+    for out, (template, context) in pages.items():
+        depth = out.count("/")
+        path = site / out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(env.get_template(template).render(root="../" * depth, page=out, **context),
+                        encoding="utf-8")
+    return site / "index.html"
+
+
+# -- Jinja --------------------------------------------------------------------------------
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(PACKAGE / "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=pct, pp=pp, sortkey=sortkey, http_url=http_url, params=format_params,
+                       seconds=seconds, num=num)
+    return env
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def pct(v: Any) -> str:
+    """0.734 → ``73.4%``; missing → ``—``."""
+    return "—" if _missing(v) else f"{100 * float(v):.1f}%"
+
+
+def pp(v: Any) -> str:
+    """A difference of accuracies in percentage points, signed: ``+65.0 pp``."""
+    return "—" if _missing(v) else f"{100 * float(v):+.1f} pp"
+
+
+def num(v: Any) -> str:
+    """A number for display (4 significant digits); missing → ``—``."""
+    if _missing(v):
+        return "—"
+    return format(v, ".4g") if isinstance(v, float) else str(v)
+
+
+def sortkey(v: Any) -> str:
+    """The ``data-sort`` value of a cell: the number, or empty when missing."""
+    return "" if _missing(v) else repr(float(v))
+
+
+def http_url(url: Any) -> str | None:
+    """``url`` when it is an http(s) URL, else None (never rendered as a link)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return url.strip() if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def format_params(params: Any) -> str:
+    """``{"steps": 40, "eot": 1}`` → ``steps=40, eot=1``."""
+    if not params:
+        return "—"
+    return ", ".join(f"{k}={num(v) if isinstance(v, float) else v}" for k, v in params.items())
+
+
+def seconds(v: Any) -> str:
+    """Wall time for display: ``12.3 s`` or ``4.1 min``."""
+    if _missing(v):
+        return "—"
+    v = float(v)
+    return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.1f} h"
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+# -- outputs -------------------------------------------------------------------------------
+
+def _copy_results(board: agg.Board, site: Path) -> None:
+    for run in board.runs:
+        dest = site / "results" / f"{run.run_id}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.path, dest)
+    for dataset, defense in board.manifests:
+        src = board.results_dir / dataset / defense / agg.MANIFEST_FILE
+        if src.is_file():
+            dest = site / "results" / dataset / defense / agg.MANIFEST_FILE
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+
+
+def _write_downloads(table: pd.DataFrame, site: Path) -> None:
+    table.to_json(site / "leaderboard.json", orient="records", indent=1, force_ascii=False)
+    safe = table.copy()
+    for col in _TEXT_COLUMNS:
+        # A cell starting with = + - @ is a formula to a spreadsheet (CSV injection).
+        safe[col] = safe[col].map(lambda s: "'" + s if isinstance(s, str) and s[:1] in "=+-@" else s)
+    safe.to_csv(site / "leaderboard.csv", index=False)
+
+
+def _dim(dataset: str, board: agg.Board) -> int | None:
+    if dataset in DATASETS:
+        return DATASETS[dataset].dim
+    dims = [r.record["threat"].get("dim") for r in board.select("attack", dataset)]
+    return next((int(d) for d in dims if d), None)
+
+
+def _defense_url(dataset: str, defense: str) -> str:
+    return f"defenses/{dataset}/{defense}.html"
+
+
+# -- page contexts -----------------------------------------------------------------------------
+
+def _index_context(board: agg.Board, table: pd.DataFrame) -> dict[str, Any]:
+    tables = []
+    for dataset in board.datasets():
+        for threat in FIXED_THREATS:
+            rows = _records(table[(table["dataset"] == dataset) & (table["threat"] == threat)])
+            for row in rows:
+                row["url"] = _defense_url(dataset, row["defense"])
+                row["flags"] = [f for f in agg.flags(board, dataset, row["defense"], threat) or [] if f["raised"]]
+                row["flags_checked"] = agg.flags(board, dataset, row["defense"], threat) is not None
+                row["missing"] = [a for a in (row["missing_attacks"] or "").split(";") if a]
+                row["attacks"] = [a for a in (row["attacks_run"] or "").split(";") if a]
+            dim = _dim(dataset, board)
+            tables.append({"dataset": dataset, "threat": threat, "title": THREAT_TITLE[threat],
+                           "radius": get_threat(threat).radius(dim) if dim else None, "rows": rows,
+                           "description": DATASETS[dataset].description if dataset in DATASETS else ""})
+    return {"tables": tables, "gap_tolerance": agg.GAP_TOLERANCE, "title": "Leaderboard"}
+
+
+def _claims_context(board: agg.Board) -> dict[str, Any]:
+    rows, claims = [], []
+    for dataset in board.datasets():
+        for defense in board.defenses(dataset):
+            m = board.manifests[(dataset, defense)]
+            base = {"dataset": dataset, "defense": defense, "name": board.name(dataset, defense),
+                    "url": _defense_url(dataset, defense)}
+            for threat in FIXED_THREATS:
+                wc = agg.worst_case(board, dataset, defense, threat)
+                claim = agg.pick_claim(m, dataset, threat)
+                rows.append({**base, "threat": threat, "wc": wc,
+                             "pgd": wc.per_attack.get(agg.NAIVE_ATTACK) if wc else None,
+                             "drop": (wc.per_attack[agg.NAIVE_ATTACK] - wc.accuracy
+                                      if wc and agg.NAIVE_ATTACK in wc.per_attack else None),
+                             "claim": agg.claim_gap(board, dataset, defense, claim) if claim else None})
+            for claim in m.get("claims") or []:
+                claims.append({**base, **agg.claim_gap(board, dataset, defense, claim)})
+    return {"rows": rows, "claims": claims, "gap_tolerance": agg.GAP_TOLERANCE,
+            "naive": agg.NAIVE_ATTACK, "title": "Claimed versus measured"}
+
+
+def _methodology_context(board: agg.Board) -> dict[str, Any]:
+    threats = []
+    for threat in FIXED_THREATS:
+        tm = get_threat(threat)
+        threats.append({"id": threat, "title": THREAT_TITLE[threat], "radii": [
+            {"dataset": d.id, "dim": d.dim, "raw": tm.radius(d.dim), "l2": tm.l2_radius(d.dim)}
+            for d in DATASETS.values()]})
+    return {"threats": threats, "sweeps": SWEEPS, "catalog": board.catalog, "flag_docs": agg.flag_docs(board),
+            "gap_tolerance": agg.GAP_TOLERANCE, "naive": agg.NAIVE_ATTACK, "title": "Methodology"}
+
+
+def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -> dict[str, Any]:
+    m = board.manifests[(dataset, defense)]
+    dim = _dim(dataset, board)
+    plot_dir = site / "plots" / dataset / defense
+    rel = f"plots/{dataset}/{defense}"
+    threats = []
+    for threat in FIXED_THREATS:
+        attacks = _records(agg.attack_table(board, dataset, defense, threat))
+        claim = agg.pick_claim(m, dataset, threat)
+        threats.append({
+            "id": threat, "title": THREAT_TITLE[threat], "attacks": attacks,
+            "wc": agg.worst_case(board, dataset, defense, threat),
+            "missing": agg.missing_attacks(board, dataset, defense, threat),
+            "flags": agg.flags(board, dataset, defense, threat),
+            "certified": agg.certified(board, dataset, defense, threat),
+            "claim": agg.claim_gap(board, dataset, defense, claim) if claim else None,
+            "draws": max((a["draws"] or 1 for a in attacks), default=1),
+            "rejects": any((a["clean_rejection_rate"] or 0) > 0 or (a["adv_rejection_rate"] or 0) > 0
+                           for a in attacks)})
+    curves = []
+    for norm, fixed in (("linf", "linf-0.031"), ("l2", "l2-0.005")):
+        curve = agg.sweep_curve(board, dataset, defense, norm)
+        svg = plots.eps_curve(curve, norm, plot_dir / f"eps-{norm}.svg", get_threat(fixed).eps)
+        curves.append({"norm": norm, "svg": f"{rel}/eps-{norm}.svg" if svg else None,
+                       "points": _records(curve)})
+    certs = []
+    l2 = agg.sweep_curve(board, dataset, defense, "l2")
+    for run in board.select("certify", dataset, defense):
+        rec = run.record
+        curve = rec["summary"].get("curve") or {}
+        svg = None
+        if dim:
+            radii = {t: get_threat(t).l2_radius(dim) for t in FIXED_THREATS}
+            empirical = pd.DataFrame({"radius": l2["eps"] * math.sqrt(dim), "accuracy": l2["worst_case"]})
+            svg = plots.certified_curve(list(curve.get("radius") or []), list(curve.get("accuracy") or []),
+                                        radii, plot_dir / f"certified-{rec['method']}.svg", empirical)
+        certs.append({"method": rec["method"], "params": rec.get("params") or {}, "summary": rec["summary"],
+                      "info": rec.get("info") or {}, "run_id": run.run_id,
+                      "svg": f"{rel}/certified-{rec['method']}.svg" if svg else None,
+                      "radii": {t: get_threat(t).l2_radius(dim) for t in FIXED_THREATS} if dim else {}})
+    files = [r.run_id for r in board.runs if (r.dataset, r.defense) == (dataset, defense)]
+    manifest_file = (board.results_dir / dataset / defense / agg.MANIFEST_FILE).is_file()
+    return {"dataset": dataset, "defense": defense, "name": board.name(dataset, defense), "m": m,
+            "threats": threats, "curves": curves, "certs": certs, "meta": agg.run_metadata(board, dataset, defense),
+            "files": files, "manifest_file": manifest_file, "gap_tolerance": agg.GAP_TOLERANCE,
+            "flag_docs": agg.flag_docs(board), "title": board.name(dataset, defense), "dim": dim}

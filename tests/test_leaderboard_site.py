@@ -1,0 +1,194 @@
+"""The static site: files, self-containment, escaping of submitter strings, downloads."""
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.results import ResultError
+from leaderboard.site import build_site, http_url
+
+FIXTURES = Path(__file__).parent / "fixtures" / "results"
+DS = "mnist-embedded"
+XSS_SCRIPT = "<script>alert(1)</script>"
+XSS_IMG = "<img src=x onerror=alert(1)>"
+
+
+class Links(HTMLParser):
+    """Collects every URL-valued attribute and the text of table rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        d = dict(attrs)
+        self.tags.append((tag, d))
+        for attr in ("src", "href", "action", "srcset", "data", "poster"):
+            if d.get(attr) is not None:
+                self.refs.append((tag, attr, d[attr]))
+
+
+def parse(path: Path) -> Links:
+    p = Links()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def paper_urls() -> set[str]:
+    urls = set()
+    for m in FIXTURES.rglob("manifest.json"):
+        paper = json.loads(m.read_text()).get("paper") or {}
+        if paper.get("url"):
+            urls.add(paper["url"])
+    return urls
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    index = build_site(FIXTURES, out)
+    assert index == out / "index.html"
+    return out
+
+
+@pytest.fixture(scope="module")
+def xss_site(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("xss") / "results"
+    shutil.copytree(FIXTURES, root)
+    path = root / DS / "jpeg" / "manifest.json"
+    m = json.loads(path.read_text())
+    m.update(name=XSS_SCRIPT, authors=[XSS_IMG, "A. \"Quote\" O'Brien"], notes=XSS_IMG + "\nline two",
+             paper={"title": XSS_IMG, "url": "javascript:alert(1)", "venue": XSS_SCRIPT, "year": 2018},
+             claims=[{"threat": "linf-0.031", "accuracy": 0.75, "source": XSS_SCRIPT, "dataset": None}])
+    path.write_text(json.dumps(m))
+    # The detector has no manifest.json: its name comes from the result files.
+    for f in (root / DS / "detector").rglob("*.json"):
+        rec = json.loads(f.read_text())
+        rec["defense"]["name"] = XSS_IMG
+        f.write_text(json.dumps(rec))
+    out = root.parent / "site"
+    build_site(root, out)
+    return out
+
+
+def test_pages_and_assets_exist(site):
+    for rel in ("index.html", "claims.html", "methodology.html", "leaderboard.csv", "leaderboard.json",
+                "static/style.css", "static/table.js"):
+        assert (site / rel).is_file(), rel
+    for defense in ("undefended", "jpeg", "smoothing", "madry", "detector"):
+        assert (site / "defenses" / DS / f"{defense}.html").is_file()
+    assert (site / "defenses" / "cifar10" / "cifar-undefended.html").is_file()
+    for svg in ("madry/eps-linf.svg", "madry/eps-l2.svg", "smoothing/certified-randomized-smoothing.svg"):
+        text = (site / "plots" / DS / svg).read_text()
+        assert text.lstrip().startswith("<?xml") and "<svg" in text
+    # Every result file and manifest is copied so the links work from file://.
+    copied = {p.relative_to(site / "results") for p in (site / "results").rglob("*.json")}
+    assert copied == {p.relative_to(FIXTURES) for p in FIXTURES.rglob("*.json")}
+
+
+def test_no_remote_assets_and_every_local_link_resolves(site):
+    papers = paper_urls()
+    pages = list(site.rglob("*.html"))
+    assert len(pages) == 9
+    for page in pages:
+        for tag, attr, value in parse(page).refs:
+            if value.startswith(("http://", "https://", "//")):
+                assert (tag, attr) == ("a", "href") and value in papers, (page, tag, value)
+                continue
+            assert ":" not in value.split("/")[0], (page, value)  # no other scheme
+            target = (page.parent / value.split("#")[0]).resolve()
+            assert value.startswith("#") or target.is_file(), (page, value)
+    css = (site / "static" / "style.css").read_text() + (site / "static" / "table.js").read_text()
+    assert "http" not in css and "@import" not in css and "url(" not in css
+
+
+def test_index_is_ranked_without_javascript(site):
+    html = (site / "index.html").read_text()
+    section = html.split(f'id="{DS}-linf-0.031"')[1].split("</table>")[0]
+    order = [section.index(f'href="defenses/{DS}/{d}.html"') for d in
+             ("madry", "detector", "smoothing", "jpeg", "undefended")]
+    assert order == sorted(order)
+    assert 'scope="col"' in html and 'scope="row"' in html
+    assert "not reproduced" in section and "zero-gradients" in section
+    assert 'title="zero-gradients: threshold = 0.5, zero_grad_fraction = 0.9"' in section
+    assert "Sort key" in html
+
+
+def test_defense_page_shows_details(site):
+    html = (site / "defenses" / DS / "jpeg.html").read_text()
+    assert "JPEG on CPU is slow" in html  # override reason
+    assert "pgd-bpda-eot" in html.split("Missing attacks")[-1].split("</p>")[0]  # at l2
+    assert "../../results/mnist-embedded/jpeg/linf-0.031/pgd.json" in html
+    assert "../../plots/mnist-embedded/jpeg/eps-linf.svg" not in html  # one ε only: no curve
+    smoothing = (site / "defenses" / DS / "smoothing.html").read_text()
+    assert "R = 10" in smoothing and "Worst of R" in smoothing
+    assert "certified-randomized-smoothing.svg" in smoothing
+    detector = (site / "defenses" / DS / "detector.html").read_text()
+    assert "Adversarial rejected" in detector and "30.0%" in detector
+    methodology = (site / "methodology.html").read_text()
+    assert "Clopper" in methodology and "0.14" in methodology and "undeclared-randomness" in methodology
+
+
+def test_downloads(site):
+    csv = pd.read_csv(site / "leaderboard.csv")
+    data = json.loads((site / "leaderboard.json").read_text())
+    assert len(csv) == len(data) == 12
+    top = [r for r in data if r["dataset"] == DS and r["threat"] == "linf-0.031" and r["rank"] == 1]
+    assert [r["defense"] for r in top] == ["madry"]
+    assert top[0]["robust_accuracy"] == pytest.approx(0.8)
+    assert set(csv.columns) >= {"rank", "defense", "clean_accuracy", "robust_accuracy", "claim_gap",
+                                "certified_accuracy", "flags_raised", "missing_attacks"}
+
+
+def test_submitter_strings_are_escaped(xss_site):
+    for page in xss_site.rglob("*.html"):
+        html = page.read_text()
+        assert XSS_SCRIPT not in html and XSS_IMG not in html, page
+        assert "javascript:" not in html, page
+        for tag, attrs in parse(page).tags:
+            assert not any(a.startswith("on") for a in attrs), (page, tag, attrs)
+            assert tag != "script" or attrs.get("src", "").endswith("static/table.js")
+    index = (xss_site / "index.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    assert "&lt;img src=x onerror=alert(1)&gt;" in index
+    page = (xss_site / "defenses" / DS / "jpeg.html").read_text()
+    assert "O&#39;Brien" in page and "&#34;Quote&#34;" in page
+
+
+def test_csv_guards_against_spreadsheet_formulas(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURES, root)
+    path = root / DS / "jpeg" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "name": "=HYPERLINK(\"x\")"}))
+    build_site(root, tmp_path / "site")
+    names = pd.read_csv(tmp_path / "site" / "leaderboard.csv")["name"]
+    assert "'=HYPERLINK(\"x\")" in set(names)
+
+
+def test_only_http_urls_become_links():
+    assert http_url("https://arxiv.org/abs/1") == "https://arxiv.org/abs/1"
+    for bad in ("javascript:alert(1)", "data:text/html,x", "file:///etc/passwd", "//evil", "", None, 3):
+        assert http_url(bad) is None
+
+
+def test_rebuild_is_deterministic_and_removes_stale_files(site, tmp_path):
+    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    (site / "defenses" / DS / "stale.html").write_text("old")
+    build_site(FIXTURES, site)
+    after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_unreadable_result_fails_the_build(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURES, root)
+    bad = root / DS / "madry" / "l2-0.005" / "fgsm.json"
+    bad.write_text("")
+    with pytest.raises(ResultError, match=str(bad)):
+        build_site(root, tmp_path / "site")
