@@ -14,6 +14,12 @@ computed, never what is scored:
 A step whose output carries no gradient (a codec run outside autograd) then contributes
 a zero gradient, which is what a naive evaluation sees and what the ``zero-gradients``
 flag measures.
+
+Speed (CPU): the classifier of a pipeline runs on a channels-last copy of its input
+(oneDNN's native layout; 1.2–1.5× on small CNNs: the first convolution and max pooling
+are much faster). Values are the same up to float rounding. A classifier that cannot take
+that layout (``.view`` on a channels-last activation) is detected on the first call and
+run as is from then on.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ class AdaptiveView(nn.Module):
         self.bpda = bpda
         self.eot = eot if getattr(defense, "randomized", False) else 1
         self.rejects = bool(getattr(defense, "rejects", False))
+        #: Run the classifier on channels-last input (None: not tried yet).
+        self.channels_last: bool | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (k, N, C'): k draws of the exact defense, adapted gradients."""
@@ -54,8 +62,23 @@ class AdaptiveView(nn.Module):
         else:
             for step in steps:
                 h = self._apply(step, h)
-            out = _connect(self.defense.classifier(h), h)
+            out = _connect(self._classify(h), h)
         return out.view(self.eot, n, *out.shape[1:])
+
+    def _classify(self, h: torch.Tensor) -> torch.Tensor:
+        """The classifier on ``h``, in channels-last layout on the CPU when it accepts it."""
+        classifier = self.defense.classifier
+        if self.channels_last is False or h.dim() != 4 or h.device.type != "cpu":
+            return classifier(h)
+        try:
+            out = classifier(_channels_last(h))
+        except RuntimeError:
+            if self.channels_last:  # it worked before: a genuine error
+                raise
+            self.channels_last = False
+            return classifier(h)
+        self.channels_last = True
+        return out
 
     def _apply(self, step: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if getattr(step, "differentiable", True):
@@ -66,6 +89,13 @@ class AdaptiveView(nn.Module):
             exact = step(x)
         approx = step.approximation(x)
         return exact.detach() + approx - approx.detach()
+
+
+def _channels_last(h: torch.Tensor) -> torch.Tensor:
+    """A channels-last copy of (N, C, H, W) ``h``, differentiable. ``h.contiguous(
+    memory_format=...)`` returns a one-channel tensor unchanged, and convolutions then
+    keep the slow NCHW path, so the strides are set explicitly."""
+    return torch.empty_like(h, memory_format=torch.channels_last).copy_(h)
 
 
 def _connect(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -109,9 +139,9 @@ def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "
         folded = fold_reject(logits.reshape(k * n, -1), yk, view.rejects)
         per_row = loss_fn(folded, yk).view(k, n)
         value = per_row.mean(0)
-        g = torch.autograd.grad(value.sum(), x)[0] if grad else None
+        g = torch.autograd.grad(value.sum(), x)[0].contiguous() if grad else None
     folded = folded.detach().view(k, n, -1)
-    return Evaluation(loss=value.detach(), grad=None if g is None else g.detach(),
+    return Evaluation(loss=value.detach(), grad=g,
                       margin=margin(folded, y.expand(k, n)).mean(0),
                       logits=folded.mean(0))
 

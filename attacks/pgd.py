@@ -34,38 +34,70 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
 
     Returns:
         (x_best, info) with ``info["zero_grad_fraction"]``: the share of examples whose
-        first gradient was zero or non-finite (the ``zero-gradients`` flag).
+        first gradient (at their starting point) was zero or non-finite (the
+        ``zero-gradients`` flag).
+
+    Cost: ``restarts × steps`` gradient queries plus one forward pass per restart (the
+    last point) and one for the clean point when starting at random; an example that a
+    deterministic defense misclassifies is dropped as soon as it is found.
     """
     d = x[0].numel()
     alpha = threat.step_size(d, step_size)
     stochastic = view.eot > 1 or bool(getattr(view.defense, "randomized", False))
+    drop = early_stop and not stochastic
     best = BestTracker(x)
-    first = evaluate(view, x, y, loss, grad=True)
-    best.update(x, first.margin)
-    flat = first.grad.reshape(len(x), -1)
-    zero = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
-    for _ in range(restarts):
+    if random_start:  # the clean point competes too (without a random start, step 1 is at x)
+        best.update(x, evaluate(view, x, y, loss, grad=False).margin)
+    zero: torch.Tensor | None = None
+    for restart in range(restarts):
         active = torch.arange(len(x), device=x.device)
-        if early_stop and not stochastic:
+        if drop and (random_start or restart > 0):
             active = active[best.margin >= 0]
         if len(active) == 0:
             break
         x0, y0 = x[active], y[active]
         xa = threat.random_start(x0, generator) if random_start else x0.clone()
+        box = _linf_box(threat, x0)
         for _ in range(steps):
             ev = evaluate(view, xa, y0, loss)
             best.update(xa, ev.margin, active)
-            g = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            xa = threat.project(xa + threat.step(g, alpha), x0)
-            if early_stop and not stochastic:
+            if zero is None:
+                zero = _zero_rows(ev.grad, active, len(x))
+            g = ev.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            if box is None:
+                xa = threat.project(xa + threat.step(g, alpha), x0)
+            else:  # ℓ∞: the sign step, then the projection onto the ball ∩ [0,1] = one clamp
+                xa = torch.clamp(xa.add_(g.sign_(), alpha=alpha), *box)
+            if drop:
                 keep = best.margin[active] >= 0
                 if not keep.all():
                     active, x0, y0, xa = active[keep], x0[keep], y0[keep], xa[keep]
+                    if box is not None:
+                        box = (box[0][keep], box[1][keep])
                     if len(active) == 0:
                         break
         if len(active):
             best.update(xa, evaluate(view, xa, y0, loss, grad=False).margin, active)
+    if zero is None:
+        zero = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     return best.x, {"zero_grad_fraction": float(zero.float().mean())}
+
+
+def _linf_box(threat: ThreatModel, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For ℓ∞, the feasible set around ``x0`` is a box [lo, hi] (the ball ∩ [0, 1]), so
+    projecting onto it is clamping; its corners are the threat's own projections of the
+    points 0 and 1. None for other norms."""
+    if threat.norm != "linf":
+        return None
+    return threat.project(torch.zeros_like(x0), x0), threat.project(torch.ones_like(x0), x0)
+
+
+def _zero_rows(grad: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) bool: True for the ``rows`` whose gradient is all zero or has a non-finite value."""
+    flat = grad.reshape(len(grad), -1)
+    zero = torch.zeros(n, dtype=torch.bool, device=grad.device)
+    zero[rows] = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
+    return zero
 
 
 class PGD(Attack):

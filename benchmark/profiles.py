@@ -24,6 +24,10 @@ class Profile:
     certify_n: int | None
     #: Run the accuracy-versus-ε sweeps.
     sweep: bool
+    #: Wall-clock limit per job, seconds.
+    job_timeout_s: float
+    #: Resident-memory limit per job, MiB.
+    job_memory_mb: int
     #: One line for the site.
     description: str
 
@@ -34,10 +38,10 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     p.name: p for p in (
-        Profile("quick", 100, 10, 10_000, True,
+        Profile("quick", 100, 10, 10_000, True, 3600.0, 8192,
                 "Embedded default and CI: the first 100 test examples (class-balanced), "
                 "n = 10,000 noise samples per certificate."),
-        Profile("full", None, 10, None, True,
+        Profile("full", None, 10, None, True, 12 * 3600.0, 16384,
                 "Nightly: every test example, the manifests' n (default 100,000)."),
     )
 }

@@ -10,6 +10,8 @@ valid submission the runner
    against the threat model itself, scores it on the true defense in a fresh no-grad
    pass, and writes one result file per run (skipped when a file with the same config
    hash exists: resume);
+   Every job runs in a child process with a wall-clock and a memory limit
+   (:mod:`benchmark.isolation`); a failed job leaves an error record, and the run goes on.
 4. runs naive PGD at ε = ∞ and the accuracy-versus-ε sweeps (naive ``pgd`` and the
    strongest gradient attack at each ε);
 5. certifies the submissions whose manifest claims a certificate;
@@ -75,6 +77,12 @@ class RunConfig:
     sweep: bool | None = None
     #: Certify submissions that claim a certificate.
     certify: bool = True
+    #: Run each job in a child process with time and memory limits (False: in-process).
+    isolate: bool = True
+    #: Wall-clock limit per job in seconds (None: the profile's).
+    job_timeout_s: float | None = None
+    #: Resident-memory limit per job in MiB (None: the profile's).
+    job_memory_mb: int | None = None
 
 
 @dataclass
@@ -281,78 +289,137 @@ def worst_case(records: list[dict]) -> float:
     return float(sum(min(col) for col in zip(*rows)) / len(rows[0]))
 
 
-def _write_manifest_facts(run: SubmissionRun, results_dir: Path) -> None:
+def _write_manifest_facts(sub: Submission, results_dir: Path) -> None:
+    """``<results>/<dataset>/<defense>/manifest.json``: the manifest's facts for the site
+    (which never reads submitted code)."""
     import json
 
-    facts = run.sub.manifest.model_dump(mode="json", by_alias=True)
-    facts["manifest_sha256"] = run.sub.manifest_sha256
-    path = Path(results_dir) / run.dataset.id / run.sub.id / "manifest.json"
+    facts = sub.manifest.model_dump(mode="json", by_alias=True)
+    facts["manifest_sha256"] = sub.manifest_sha256
+    path = Path(results_dir) / sub.manifest.dataset / sub.id / "manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
-def run_submission(run: SubmissionRun, attacks: list[str], threats: list[ThreatModel],
-                   summary: RunSummary, progress: Any) -> None:
-    """All jobs of one submission."""
-    cfg = run.cfg
-    _write_manifest_facts(run, cfg.results_dir)
+PREPARE_JOB = "benchmark.isolated_jobs:prepare_submission"
+ATTACK_JOB = "benchmark.isolated_jobs:isolated_attack_job"
+CERTIFY_JOB = "benchmark.isolated_jobs:isolated_certify_job"
+FLAGS_JOB = "benchmark.isolated_jobs:isolated_flags_job"
+
+
+class Orchestrator:
+    """The parent side of one submission: sends its jobs to a job runner (a child
+    process with time and memory limits, or in-process) and reads back their files.
+
+    Nothing here imports the submission's code: building and attacking the defense
+    happen in the worker (:mod:`benchmark.isolated_jobs`); a job that hangs, crashes,
+    exhausts memory or raises leaves a ``kind: "error"`` record and the run goes on.
+    """
+
+    def __init__(self, jobs: Any, cfg: RunConfig, sub: Submission, device: torch.device,
+                 summary: RunSummary, progress: Any) -> None:
+        self.jobs, self.cfg, self.sub, self.device = jobs, cfg, sub, str(device)
+        self.summary, self.progress = summary, progress
+        self.dataset = sub.manifest.dataset
+        self.indices: list[int] | None = None
+
+    def _call(self, fn: str, args: tuple, job: str, run_id: str, attack_id: str | None = None,
+              threat_id: str | None = None) -> dict | None:
+        from benchmark.isolated_jobs import call_or_record
+
+        out = call_or_record(self.jobs, self.cfg, self.sub, fn, args, job=job, run_id=run_id, device=self.device,
+                             attack_id=attack_id, threat_id=threat_id, indices=self.indices)
+        if not out.ok:
+            self.summary.errors.append(f"{run_id}: {out.kind}: {out.error}")
+            return None
+        return out.value
+
+    def _record(self, value: dict | None) -> dict | None:
+        if value is None or value.get("status") == "not-applicable":
+            return None
+        run_id = value["run_id"]
+        (self.summary.written if value["status"] == "written" else self.summary.skipped).append(run_id)
+        return rf.read_result(rf.result_path(self.cfg.results_dir, run_id))
+
+    def prepare(self, planned: list[str]) -> bool:
+        """Build and clean-score the defense in the worker; on failure every planned run
+        gets an error record (so one broken build costs one time limit, not one per job)."""
+        from benchmark.isolated_jobs import error_job_config, write_error_result
+
+        self.progress.set_postfix_str(f"{self.sub.id} build")
+        out = self.jobs.run(PREPARE_JOB, (self.cfg, self.sub.id))
+        if out.ok:
+            self.indices = out.value["indices"]
+            return True
+        config = error_job_config(self.cfg, self.sub, "prepare", timeout_s=self.jobs.timeout_s,
+                                  memory_mb=self.jobs.memory_mb)
+        for run_id in planned:
+            write_error_result(self.cfg, self.sub, run_id, out, config, self.device)
+        self.summary.errors.append(f"{self.sub.id}: cannot build or score the defense: {out.kind}: {out.error}")
+        return False
+
+    def attack(self, attack_id: str, threat: ThreatModel) -> dict | None:
+        """Run (or reuse) one attack job and return its record."""
+        run_id = rf.attack_run_id(self.dataset, self.sub.id, threat.id, attack_id)
+        self.progress.set_postfix_str(f"{self.sub.id} {threat.id} {attack_id}")
+        return self._record(self._call(ATTACK_JOB, (self.cfg, self.sub.id, attack_id, threat.id), "attack",
+                                       run_id, attack_id, threat.id))
+
+    def certify(self, threats: list[ThreatModel]) -> dict | None:
+        """Certify (or reuse the certificate)."""
+        run_id = f"{self.dataset}/{self.sub.id}/certify/{self.sub.manifest.certify.method}"
+        self.progress.set_postfix_str(f"{self.sub.id} certify")
+        return self._record(self._call(CERTIFY_JOB, (self.cfg, self.sub.id, [t.id for t in threats]),
+                                       "certify", run_id))
+
+    def flags(self, threat: ThreatModel, records: dict[str, dict], unbounded: dict | None,
+              sweep: list[tuple[float, float]] | None, certificate: dict | None) -> None:
+        """Compute the flags of one threat from the records' files."""
+        run_id = f"{self.dataset}/{self.sub.id}/{threat.id}/flags"
+        args = (self.cfg, self.sub.id, threat.id, {a: r["run_id"] for a, r in records.items()},
+                unbounded["run_id"] if unbounded else None, sweep,
+                certificate["run_id"] if certificate else None)
+        self._record(self._call(FLAGS_JOB, args, "flags", run_id, threat_id=threat.id))
+
+
+def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatModel], do_sweep: bool) -> None:
+    """All jobs of one submission: attacks, ε = ∞, sweeps, certificate, flags."""
+    cfg, sub = orch.cfg, orch.sub
+    _write_manifest_facts(sub, cfg.results_dir)
+    planned = [rf.attack_run_id(orch.dataset, sub.id, t.id, a) for t in threats for a in attacks]
+    if not orch.prepare(planned):
+        orch.progress.update(len(planned))
+        return
     by_threat: dict[str, dict[str, dict]] = {}
     for threat in threats:
         recs = by_threat.setdefault(threat.id, {})
         for a in attacks:
-            progress.set_postfix_str(f"{run.sub.id} {threat.id} {a}")
-            rec = _guarded(run.attack_job, a, threat, summary)
-            progress.update(1)
+            rec = orch.attack(a, threat)
+            orch.progress.update(1)
             if rec is not None:
                 recs[a] = rec
-    unbounded = None
-    if "pgd" in attacks:
-        progress.set_postfix_str(f"{run.sub.id} linf-inf pgd")
-        unbounded = _guarded(run.attack_job, "pgd", get_threat("linf-inf"), summary)
+    unbounded = orch.attack("pgd", get_threat("linf-inf")) if "pgd" in attacks else None
     sweeps: dict[str, list[tuple[float, float]]] = {}
-    do_sweep = cfg.sweep if cfg.sweep is not None else run.profile.sweep
     if do_sweep:
         for norm in ("linf", "l2"):
             fixed = [t for t in threats if t.norm == norm]
             base = by_threat.get(fixed[0].id, {}) if fixed else {}
-            chosen = [a for a in ("pgd", strongest_attack(base)) if a and a in attacks]
+            chosen = list(dict.fromkeys(a for a in ("pgd", strongest_attack(base)) if a and a in attacks))
             points = []
             for eps in SWEEPS[norm]:
                 threat = ThreatModel(norm, eps)
-                recs = [base[a] for a in chosen if a in base] if fixed and threat.id == fixed[0].id else None
-                if recs is None:
-                    progress.set_postfix_str(f"{run.sub.id} sweep {threat.id}")
-                    recs = [r for a in dict.fromkeys(chosen)
-                            if (r := _guarded(run.attack_job, a, threat, summary)) is not None]
+                if fixed and threat.id == fixed[0].id:
+                    recs = [base[a] for a in chosen if a in base]
+                else:
+                    recs = [r for a in chosen if (r := orch.attack(a, threat)) is not None]
                 if recs:
                     points.append((eps, worst_case(recs)))
             sweeps[norm] = points
-    certificate = None
-    if cfg.certify and run.sub.manifest.certify is not None:
-        progress.set_postfix_str(f"{run.sub.id} certify")
-        certificate = _guarded(certify_job, run, threats, summary)
+    certificate = orch.certify(threats) if cfg.certify and sub.manifest.certify is not None else None
     for threat in threats:
-        _guarded(flags_job, run, threat, by_threat.get(threat.id, {}), unbounded,
-                 sweeps.get(threat.norm), certificate, summary)
-
-
-def _guarded(fn: Callable, *args: Any) -> Any:
-    """Run a job; a failure is recorded in the summary (last arg) and the run goes on."""
-    summary: RunSummary = args[-1]
-    try:
-        return fn(*args)
-    except ThreatViolation as e:
-        summary.errors.append(f"{fn.__name__}{_job_name(args)}: threat violation: {e}")
-    except Exception as e:  # noqa: BLE001 - one failing job must not lose the others
-        summary.errors.append(f"{fn.__name__}{_job_name(args)}: {type(e).__name__}: {e}")
-    return None
-
-
-def _job_name(args: tuple) -> str:
-    parts = [a.id if isinstance(a, ThreatModel) else a for a in args[:-1] if isinstance(a, (str, ThreatModel))]
-    return f"({', '.join(parts)})" if parts else ""
+        orch.flags(threat, by_threat.get(threat.id, {}), unbounded, sweeps.get(threat.norm), certificate)
 
 
 def certify_job(run: SubmissionRun, threats: list[ThreatModel], summary: RunSummary) -> dict | None:
@@ -402,6 +469,33 @@ def flags_job(run: SubmissionRun, threat: ThreatModel, records: dict[str, dict],
     return record
 
 
+def surrogate_loader(cfg: RunConfig, dataset_id: str, device: torch.device) -> Callable[[], nn.Module | None]:
+    """The transfer attack's surrogate, built on first use: the first valid ``standard-*``
+    submission of the dataset without a preprocessing pipeline (an undefended model)."""
+    cache: list[nn.Module | None] = []
+
+    def load() -> nn.Module | None:
+        if not cache:
+            subs, _ = validate(manifest_paths([cfg.submissions_dir]), check_weights=False)
+            std = [s for s in subs if s.manifest.dataset == dataset_id and s.id.startswith("standard-")
+                   and s.manifest.defense is None]
+            cache.append(build_defense(std[0], device) if std else None)
+        return cache[0]
+
+    return load
+
+
+def job_runner(cfg: RunConfig, device: torch.device, profile: Profile) -> Any:
+    """Where jobs run: a child process with the profile's limits, or in-process."""
+    from benchmark.isolation import InProcessRunner, JobRunner
+
+    timeout = cfg.job_timeout_s or profile.job_timeout_s
+    memory = cfg.job_memory_mb or profile.job_memory_mb
+    if not cfg.isolate:
+        return InProcessRunner(timeout, memory)
+    return JobRunner(timeout, memory, str(device), preload=("benchmark.runner",), start_method="forkserver")
+
+
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Run the benchmark.
 
@@ -415,7 +509,7 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
 
     profile = get_profile(cfg.profile)
     device = resolve_device(cfg.device)
-    subs, problems = validate(manifest_paths([cfg.submissions_dir]))
+    subs, problems = validate(manifest_paths([cfg.submissions_dir]), check_weights=False)
     if cfg.defenses:
         known = {s.id for s in subs}
         missing = [d for d in cfg.defenses if d not in known]
@@ -432,29 +526,12 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     threats = [get_threat(t) for t in cfg.threats]
     summary = RunSummary()
     rf.remove_stale_temporaries(cfg.results_dir)
-    surrogates: dict[str, nn.Module | None] = {}
-
-    def surrogate_for(dataset_id: str) -> Callable[[], nn.Module | None]:
-        def load() -> nn.Module | None:
-            if dataset_id not in surrogates:
-                std = [s for s in subs_all if s.manifest.dataset == dataset_id and s.id.startswith("standard-")
-                       and s.manifest.defense is None]
-                surrogates[dataset_id] = build_defense(std[0], device) if std else None
-            return surrogates[dataset_id]
-        return load
-
-    subs_all, _ = validate(manifest_paths([cfg.submissions_dir]), check_weights=False)
-    per_sub = len(threats) * len(attacks)
-    with tqdm(total=per_sub * len(subs), desc="gauntlet", unit="job", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    do_sweep = cfg.sweep if cfg.sweep is not None else profile.sweep
+    with tqdm(total=len(threats) * len(attacks) * len(subs), desc="gauntlet", unit="job",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar, \
+            job_runner(cfg, device, profile) as jobs:
         for sub in subs:
-            try:
-                sr = SubmissionRun(sub, cfg, profile, device, surrogate_for(sub.manifest.dataset))
-            except Exception as e:  # noqa: BLE001 - a broken defense must not stop the others
-                summary.errors.append(f"{sub.id}: cannot build or score the defense: {type(e).__name__}: {e}")
-                bar.update(per_sub)
-                continue
-            run_submission(sr, attacks, threats, summary, bar)
+            run_submission(Orchestrator(jobs, cfg, sub, device, summary, bar), attacks, threats, do_sweep)
     return summary
 
 

@@ -1,0 +1,230 @@
+"""Auto-PGD (Croce & Hein 2020), with the cross-entropy and DLR losses.
+
+APGD ("Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020, Algorithm 1) is PGD with momentum and a step size
+that halves itself at checkpoints. The defaults are those of the reference
+implementation (fra31/auto-attack, ``autoattack/autopgd_base.py``, ``APGDAttack``);
+facts read there, the code here is our own:
+
+* 100 iterations (``n_iter=100``) and one run (``n_restarts=1``: AutoAttack's standard
+  version runs APGD-CE and APGD-DLR once each); ρ = 0.75 (``rho=.75``).
+* starting point: x + ε·t/‖t‖ with t uniform in [−1, 1]^d for ℓ∞ and t standard normal
+  for ℓ2, i.e. a random point on the sphere of the threat's norm, then clipped to [0, 1].
+* initial step η⁽⁰⁾ = 2ε (``alpha = 2.`` for ℓ∞ and ℓ2).
+* update (Eq. 2 of the paper): z = P(x⁽ᵏ⁾ + η·s(∇f)), x⁽ᵏ⁺¹⁾ = P(x⁽ᵏ⁾ + α(z − x⁽ᵏ⁾) +
+  (1 − α)(x⁽ᵏ⁾ − x⁽ᵏ⁻¹⁾)) with α = 0.75 (α = 1 at the first step); s(·) = sign for ℓ∞ and
+  the ℓ2-normalized gradient for ℓ2, P the projection onto ball ∩ [0, 1] (ℓ2: ball, then
+  box, as the reference).
+* checkpoints: p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06); in
+  iterations: first interval max(⌊0.22·N⌋, 1), then each interval shrinks by
+  max(⌊0.03·N⌋, 1) down to max(⌊0.06·N⌋, 1).
+* at a checkpoint w_j the step of an example halves when (1) the objective increased
+  in at most ρ·(w_j − w_{j−1}) of the iterations since the last checkpoint (the paper
+  writes "<", the reference code tests "<="; we follow the code), or (2) the step was
+  not halved at the last checkpoint and the best loss did not improve since; the
+  example then restarts from its best-loss point with that point's gradient.
+
+Every iteration reads the FULL adaptive view: BPDA through non-differentiable steps and,
+for a randomized defense, EOT with k = 10 draws per gradient (AutoAttack's 'rand'
+version uses 20 EOT iterations; we use the same k as ``pgd-eot`` so the two are
+comparable at equal cost per iteration; ``eot`` is a parameter). A deterministic
+defense gets one draw (the view ignores ``eot``). The loss of a rejecting defense is
+taken on its folded logits (:func:`attacks.losses.fold_reject`), so DLR needs at least
+three real classes. Besides the reference's bookkeeping (best-loss point for the
+schedule), the attack keeps the lowest-margin point it visited per example (what is
+returned), and stops attacking an example of a deterministic defense once broken.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from benchmark.threats import ThreatModel
+
+
+def _sphere_start(x: torch.Tensor, threat: ThreatModel, radius: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The reference's starting point: a random point on the norm sphere of ``radius``."""
+    shape = (-1, *([1] * (x.dim() - 1)))
+    if threat.norm == "linf":
+        t = 2 * torch.rand(x.shape, generator=generator, device="cpu") - 1
+        t = t / (t.reshape(len(x), -1).abs().amax(1).view(shape) + 1e-12)
+    else:
+        t = torch.randn(x.shape, generator=generator, device="cpu")
+        t = t / (t.reshape(len(x), -1).norm(dim=1).view(shape) + 1e-12)
+    return threat.project(x + radius * t.to(x), x)
+
+
+def checkpoint_intervals(steps: int) -> list[int]:
+    """Lengths w_j − w_{j−1} of the intervals between APGD's checkpoints (Croce & Hein
+    2020, §3.2), as the reference computes them in iterations.
+
+    Args:
+        steps: the iteration budget N.
+
+    Returns:
+        Interval lengths whose running sums are the checkpoints inside the budget.
+    """
+    first, shrink, least = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, k, total = [], first, 0
+    while total + k <= steps:
+        out.append(k)
+        total += k
+        k = max(k - shrink, least)
+    return out
+
+
+def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+         steps: int = 100, restarts: int = 1, loss: str = "ce", rho: float = 0.75,
+         momentum: float = 0.75, initial_step: float = 2.0,
+         generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """Run APGD on ``view`` and return the lowest-margin point per example.
+
+    Args:
+        view: the adaptive view of the defense.
+        x: clean inputs in [0, 1].
+        y: true labels.
+        threat: the threat model (ε = ∞ uses the box scale: 1 for ℓ∞, √d for ℓ2).
+        steps: iterations per run.
+        restarts: runs; each later run attacks only the examples still robust.
+        loss: "ce" or "dlr" (any key of :data:`attacks.losses.LOSSES`).
+        rho: ρ of the oscillation condition.
+        momentum: α of the momentum update.
+        initial_step: η⁽⁰⁾ as a multiple of the raw radius.
+        generator: the seeded CPU generator for starting points.
+
+    Returns:
+        (x_best, info): info holds ``zero_grad_fraction`` (share of attacked examples
+        whose first gradient was zero or non-finite; None when every example was already
+        misclassified and no gradient was read), ``eot`` and ``mean_final_step`` (η at the end,
+        in units of the raw radius, over examples still attacked at the end).
+
+    Raises:
+        ValueError: DLR on fewer than three classes.
+    """
+    n, d = len(x), x[0].numel()
+    radius = threat.step_size(d, 1.0)  # raw radius, or the box scale when ε = ∞
+    shape = (-1, *([1] * (x.dim() - 1)))
+    stochastic = view.eot > 1 or bool(getattr(view.defense, "randomized", False))
+    best = BestTracker(x)
+    clean = evaluate(view, x, y, "margin", grad=False)
+    if loss == "dlr" and clean.logits.shape[-1] < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, the defense has {clean.logits.shape[-1]}")
+    best.update(x, clean.margin)
+    zero = None
+    final_steps: list[torch.Tensor] = []
+    intervals = checkpoint_intervals(steps)
+    for _ in range(restarts):
+        active = torch.arange(n, device=x.device)
+        if not stochastic:
+            active = active[best.margin[active] >= 0]
+        if len(active) == 0:
+            break
+        x0, y0 = x[active], y[active]
+        xa = _sphere_start(x0, threat, radius, generator)
+        ev = evaluate(view, xa, y0, loss)
+        best.update(xa, ev.margin, active)
+        grad = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if zero is None:
+            flat = ev.grad.reshape(len(xa), -1)
+            zero = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
+        eta = torch.full((len(xa),), initial_step * radius, device=x.device, dtype=x.dtype)
+        loss_best, x_lbest, g_lbest = ev.loss.clone(), xa.clone(), grad.clone()
+        last_loss = ev.loss.clone()
+        increases = torch.zeros(len(xa), device=x.device)
+        loss_at_check = loss_best.clone()
+        halved_at_check = torch.ones(len(xa), dtype=torch.bool, device=x.device)
+        x_prev = xa.clone()
+        check_it, k, since_check = 0, intervals[0] if intervals else steps + 1, 0
+        for i in range(steps):
+            a = momentum if i > 0 else 1.0
+            z = threat.project(xa + threat.step(grad, 1.0) * eta.view(shape), x0)
+            x_new = threat.project(xa + a * (z - xa) + (1 - a) * (xa - x_prev), x0)
+            x_prev, xa = xa, x_new
+            ev = evaluate(view, xa, y0, loss)
+            best.update(xa, ev.margin, active)
+            grad = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            increases += (ev.loss > last_loss).float()
+            last_loss = ev.loss.clone()
+            better = ev.loss > loss_best
+            loss_best = torch.where(better, ev.loss, loss_best)
+            x_lbest[better], g_lbest[better] = xa[better], grad[better]
+            since_check += 1
+            if since_check == k:  # checkpoint w_j: conditions 1 and 2 of §3.2
+                halve = (increases <= rho * k) | (~halved_at_check & (loss_at_check >= loss_best))
+                halved_at_check, loss_at_check = halve, loss_best.clone()
+                eta = torch.where(halve, eta / 2, eta)
+                xa[halve], grad[halve] = x_lbest[halve], g_lbest[halve]
+                increases.zero_()
+                since_check, check_it = 0, check_it + 1
+                k = intervals[check_it] if check_it < len(intervals) else steps + 1
+            if not stochastic:  # drop broken examples: their result cannot change
+                keep = best.margin[active] >= 0
+                if not keep.all():
+                    tensors = (x0, y0, xa, x_prev, grad, eta, loss_best, x_lbest, g_lbest,
+                               last_loss, increases, loss_at_check, halved_at_check)
+                    (x0, y0, xa, x_prev, grad, eta, loss_best, x_lbest, g_lbest, last_loss,
+                     increases, loss_at_check, halved_at_check) = (t[keep] for t in tensors)
+                    active = active[keep]
+                    if len(active) == 0:
+                        break
+        final_steps.append(eta / radius)
+    steps_left = torch.cat(final_steps) if final_steps else torch.empty(0)
+    info = {
+        "zero_grad_fraction": None if zero is None else float(zero.float().mean()),
+        "eot": view.eot,
+        "mean_final_step": float(steps_left.mean()) if len(steps_left) else None,
+    }
+    return best.x, info
+
+
+class APGDCE(Attack):
+    """APGD on the cross-entropy loss through the full adaptive view (BPDA + EOT)."""
+
+    id = "apgd-ce"
+    summary = "Auto-PGD, cross-entropy, BPDA+EOT view (AutoAttack schedule, 100 iterations)"
+    loss = "ce"
+
+    @dataclass(frozen=True)
+    class Params:
+        """APGD parameters (defaults of fra31/auto-attack ``APGDAttack``)."""
+
+        #: Iterations per run.
+        steps: int = 100
+        #: Runs; later runs attack only what is still robust (AutoAttack standard: 1).
+        restarts: int = 1
+        #: ρ of the step-halving oscillation condition.
+        rho: float = 0.75
+        #: α of the momentum update (Eq. 2).
+        momentum: float = 0.75
+        #: Initial step η⁽⁰⁾ as a multiple of the raw radius ε.
+        initial_step: float = 2.0
+        #: Draws of the defense's randomness per gradient (EOT; AutoAttack 'rand' uses 20).
+        eot: int = 10
+
+    def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            threat: ThreatModel, ctx: AttackContext) -> AttackResult:
+        p = self.params
+        view = AdaptiveView(defense, bpda=True, eot=p.eot)
+        x_adv, info = apgd(view, x, y, threat, steps=p.steps, restarts=p.restarts, loss=self.loss,
+                           rho=p.rho, momentum=p.momentum, initial_step=p.initial_step,
+                           generator=ctx.generator)
+        return AttackResult(x_adv, info)
+
+
+ATTACKS.register(APGDCE)
+
+
+@ATTACKS.register
+class APGDDLR(APGDCE):
+    """APGD on the DLR loss (Croce & Hein 2020, Eq. 6): invariant to logit shift and
+    scale. Needs at least three classes."""
+
+    id = "apgd-dlr"
+    summary = "Auto-PGD, DLR loss, BPDA+EOT view (AutoAttack schedule, 100 iterations)"
+    loss = "dlr"
+

@@ -1,0 +1,88 @@
+"""Uniform random sampling in the threat ball: the gradient-masking control.
+
+If random points find adversarial examples that gradient attacks missed, the
+gradients were masked (Athalye, Carlini & Wagner 2018, "Identifying obfuscated and
+masked gradients": random sampling finds adversarial examples; Carlini et al. 2019,
+"On evaluating adversarial robustness", same check in its checklist).
+
+The attack draws ``samples`` points per example uniformly from the ball (ℓ2: uniform
+in volume; :meth:`ThreatModel.uniform_delta`), clips them to [0, 1], scores them on the
+defense's exact forward pass (no gradients, one draw of a randomized defense per point)
+and keeps the lowest-margin point per example. With ε = ∞ the points are uniform in the
+box. Every example receives all its samples (no early stop), so the count is exactly
+``samples``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from benchmark.threats import ThreatModel
+
+
+def random_search(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                  samples: int = 100, chunk: int = 10,
+                  generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """The lowest-margin of ``samples`` uniform points in the ball, per example.
+
+    Args:
+        defense: the defense, queried through its exact forward pass only.
+        x: clean inputs in [0, 1].
+        y: true labels.
+        threat: the threat model.
+        samples: points drawn per example.
+        chunk: samples per example evaluated in one batched forward pass.
+        generator: the seeded CPU generator.
+
+    Returns:
+        (x_best, info) with ``samples`` and ``broken_fraction`` (share of examples with a
+        sampled point of negative margin).
+
+    Raises:
+        ValueError: ``samples`` or ``chunk`` below 1.
+    """
+    if samples < 1 or chunk < 1:
+        raise ValueError(f"samples and chunk must be >= 1, got {samples} and {chunk}")
+    n = len(x)
+    view = AdaptiveView(defense, bpda=False, eot=1)
+    best = BestTracker(x)
+    done = 0
+    while done < samples:
+        k = min(chunk, samples - done)
+        xk = x.repeat(k, *([1] * (x.dim() - 1)))  # row j·n + i is example i
+        cand = threat.project(xk + threat.uniform_delta(xk, generator), xk)
+        m = evaluate(view, cand, y.repeat(k), "margin", grad=False).margin.view(k, n)
+        m_best, j = m.min(0)
+        rows = j * n + torch.arange(n, device=x.device)
+        best.update(cand[rows], m_best)
+        done += k
+    return best.x, {"samples": samples, "broken_fraction": float((best.margin < 0).float().mean())}
+
+
+@ATTACKS.register
+class RandomSearch(Attack):
+    """Uniform random points in the ε-ball, best margin kept."""
+
+    id = "random"
+    summary = "Uniform random sampling in the ball (100 points per example)"
+    gradient_free = True
+
+    @dataclass(frozen=True)
+    class Params:
+        """Random sampling parameters."""
+
+        #: Points drawn per example.
+        samples: int = 100
+        #: Samples per example evaluated in one batched forward pass.
+        chunk: int = 10
+
+    def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            threat: ThreatModel, ctx: AttackContext) -> AttackResult:
+        p = self.params
+        x_adv, info = random_search(defense, x, y, threat, samples=p.samples, chunk=p.chunk,
+                                    generator=ctx.generator)
+        return AttackResult(x_adv, info)

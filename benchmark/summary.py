@@ -1,0 +1,124 @@
+"""A Markdown summary of a results folder, for a CI job summary (``$GITHUB_STEP_SUMMARY``).
+
+``python -m benchmark.summary RESULTS [--submissions DIR]`` prints, per dataset and fixed
+threat model, one row per defense: clean accuracy, the claimed accuracy (with its
+threat and source), the measured per-example worst case over every attack, the
+certified accuracy, the raised gradient-masking flags and the attacks still missing;
+then every failed job (``kind: "error"`` records). It reads result files and the
+``manifest.json`` files the runner writes beside them only, through
+:mod:`leaderboard.aggregate`, so its numbers are the site's. Submitter strings are
+escaped for Markdown and HTML.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
+
+
+def md(text: Any) -> str:
+    """``text`` as inert Markdown inside a table cell: HTML and Markdown syntax escaped,
+    line breaks flattened."""
+    s = " ".join(str(text).split())
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def _given(v: Any) -> bool:
+    """Not None, NaN or pandas' NA (a table cell with a value)."""
+    return v is not None and str(v) not in ("nan", "<NA>", "None", "")
+
+
+def _num(v: Any) -> str:
+    return f"{float(v):.3f}" if _given(v) and not math.isnan(float(v)) else "–"
+
+
+def _claim(row: dict[str, Any]) -> str:
+    if not _given(row.get("claim_accuracy")):
+        return "–"
+    where = str(row.get("claim_threat") or "")
+    if _given(row.get("claim_dataset")):
+        where += f" on {row['claim_dataset']}"
+    text = f"{_num(row['claim_accuracy'])} ({md(where)}"
+    text += f", {md(row['claim_source'])})" if _given(row.get("claim_source")) else ")"
+    return text
+
+
+def _worst(row: dict[str, Any]) -> str:
+    text = _num(row.get("robust_accuracy"))
+    if row.get("not_reproduced"):
+        text += " **claim not reproduced**"
+    return text
+
+
+def _list(value: Any) -> str:
+    items = [v for v in str(value or "").split(";") if v]
+    return ", ".join(md(v) for v in items) if items else "–"
+
+
+def render(results_dir: Path, submissions_dir: Path | None = None) -> str:
+    """The Markdown summary of ``results_dir``.
+
+    Raises:
+        benchmark.results.ResultError: an unreadable or malformed result file.
+    """
+    from leaderboard.aggregate import leaderboard, load_board
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir() or not any(results_dir.rglob("*.json")):
+        return f"## Gauntlet\n\nNo result files in `{md(results_dir)}`.\n"
+    board = load_board(results_dir, submissions_dir)
+    profiles = sorted({str(r.record.get("profile")) for r in board.runs})
+    commits = sorted({str((r.record.get("environment") or {}).get("commit"))[:10] for r in board.runs})
+    out = ["## Gauntlet results", "",
+           f"{len(board.runs)} result files · profile {', '.join(map(md, profiles))} · "
+           f"commit {', '.join(map(md, commits))}", ""]
+    table = leaderboard(board)
+    for (dataset, threat), group in table.groupby(["dataset", "threat"], sort=False):
+        out += [f"### {md(dataset)} · {md(threat)}", "",
+                "| rank | defense | clean | claimed | worst case | certified | flags raised | attacks | missing attacks |",
+                "| ---: | --- | ---: | --- | ---: | ---: | --- | ---: | --- |"]
+        for row in group.to_dict("records"):
+            rank = str(row["rank"]) if _given(row["rank"]) else "–"
+            attacks = len([a for a in str(row.get("attacks_run") or "").split(";") if a])
+            cert = _num(row.get("certified_accuracy"))
+            out.append(f"| {rank} | {md(row['defense'])}: {md(row['name'])} | {_num(row.get('clean_accuracy'))} "
+                       f"| {_claim(row)} | {_worst(row)} | {cert} | {_list(row.get('flags_raised'))} "
+                       f"| {attacks} | {_list(row.get('missing_attacks'))} |")
+        out.append("")
+    errors = [r for r in board.runs if r.kind == "error"]
+    if errors:
+        out += [f"### Failed jobs ({len(errors)})", "", "| job | error | seconds | message |",
+                "| --- | --- | ---: | --- |"]
+        for r in errors:
+            err = r.record.get("error") or {}
+            out.append(f"| {md(r.run_id)} | {md(err.get('kind'))} | {_num(err.get('seconds'))} "
+                       f"| {md(err.get('message') or '')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the summary; exit 1 on an unreadable result file."""
+    from benchmark.results import ResultError
+
+    p = argparse.ArgumentParser(prog="python -m benchmark.summary", description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, nargs="?", default=Path("results"), help="results folder")
+    p.add_argument("--submissions", type=Path, default=None,
+                   help="fallback for manifests when a manifest.json is missing")
+    args = p.parse_args(argv)
+    try:
+        print(render(args.results, args.submissions))
+    except ResultError as e:
+        print(f"## Gauntlet\n\n**Unreadable result:** {md(e)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

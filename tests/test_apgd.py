@@ -1,0 +1,207 @@
+"""APGD-CE / APGD-DLR: closed-form robust accuracy on linear models, strength against
+PGD on a small trained model, threat-model validity, ε = ∞, determinism."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from attacks.apgd import checkpoint_intervals
+from attacks.base import AttackContext
+from attacks.registry import make_attack
+from benchmark.threats import ThreatModel
+from defenses.models import LinearClassifier
+from defenses.pipeline import Defense, Step
+
+
+def linear_problem(num_classes: int, n: int = 120, side: int = 8, seed: int = 0):
+    """A random linear model and inputs in [0.3, 0.7] labelled by the model itself."""
+    g = torch.Generator().manual_seed(seed)
+    model = LinearClassifier(side * side, num_classes)
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.randn(num_classes, side * side, generator=g))
+        model.linear.bias.zero_()
+    x = 0.3 + 0.4 * torch.rand(n, 1, side, side, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def exact_distance(model: LinearClassifier, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+    """Minimal raw distance to misclassification of a linear model, box ignored:
+    min_{j≠y} (z_y − z_j) / ‖w_y − w_j‖_q with q the dual norm (ℓ1 for ℓ∞, ℓ2 for ℓ2)."""
+    w, b = model.linear.weight.detach().double(), model.linear.bias.detach().double()
+    z = x.flatten(1).double() @ w.t() + b
+    q = 1 if norm == "linf" else 2
+    out = torch.full((len(x),), math.inf, dtype=torch.float64)
+    for j in range(w.shape[0]):
+        dist = (z.gather(1, y[:, None]).squeeze(1) - z[:, j]) / (w[y] - w[j]).norm(p=q, dim=1)
+        out = torch.minimum(out, torch.where(y == j, math.inf, dist))
+    return out
+
+
+def threat_at_median(dist: torch.Tensor, norm: str, d: int) -> ThreatModel:
+    """A threat whose raw radius is the median exact distance (half the points break)."""
+    raw = float(dist.median())
+    return ThreatModel(norm, raw if norm == "linf" else raw / math.sqrt(d))
+
+
+def still_correct(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def run(attack_id: str, model, x, y, threat, seed: int = 0, **params):
+    ctx = AttackContext(generator=torch.Generator().manual_seed(seed))
+    return make_attack(attack_id, **params).run(model, x, y, threat, ctx)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: intra-op threads only add contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_checkpoints_follow_the_paper():
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (Croce & Hein 2020, §3.2)
+    assert checkpoint_intervals(100) == [22, 19, 16, 13, 10, 7, 6, 6]
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("attack_id,num_classes", [("apgd-ce", 2), ("apgd-ce", 3), ("apgd-dlr", 3)])
+def test_apgd_reaches_the_exact_robust_accuracy_of_a_linear_model(attack_id, num_classes, norm):
+    model, x, y = linear_problem(num_classes)
+    dist = exact_distance(model, x, y, norm)
+    threat = threat_at_median(dist, norm, x[0].numel())
+    r = threat.radius(x[0].numel())
+    res = run(attack_id, model, x, y, threat)
+    threat.verify(res.x_adv, x)
+    # inputs lie in [0.3, 0.7] and r < 0.3, so the box never binds: the exact answer is
+    # "broken iff distance <= r". Points within 1% of r are ties either way.
+    clear = ((dist / r - 1).abs() > 0.01)
+    robust = still_correct(model, res.x_adv, y)
+    assert torch.equal(robust[clear], (dist > r)[clear])
+    assert 0.3 < float(robust.float().mean()) < 0.7
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_dlr_at_least_as_strong_as_ce_and_never_below_exact(norm):
+    model, x, y = linear_problem(4, seed=1)
+    dist = exact_distance(model, x, y, norm)
+    threat = threat_at_median(dist, norm, x[0].numel())
+    exact = float((dist > threat.radius(x[0].numel())).double().mean())
+    acc = {a: float(still_correct(model, run(a, model, x, y, threat).x_adv, y).double().mean())
+           for a in ("apgd-ce", "apgd-dlr")}
+    assert exact - 1e-9 <= acc["apgd-dlr"] <= acc["apgd-ce"] + 1 / len(x)
+
+
+def test_dlr_needs_three_classes():
+    model, x, y = linear_problem(2, n=4)
+    with pytest.raises(ValueError, match="3 classes"):
+        run("apgd-dlr", model, x, y, ThreatModel("linf", 0.1))
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(mnist_test_slice):
+    """A 784-64-10 MLP trained for 3 epochs on mnist-embedded's train split (~98% train
+    accuracy), with the conftest's 100 evaluation examples."""
+    from benchmark.datasets import get_dataset
+
+    x, y = get_dataset("mnist-embedded").split("train")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for idx in torch.randperm(len(x), generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    xt, yt = mnist_test_slice
+    return model, xt, yt
+
+
+def test_apgd_ce_at_least_as_strong_as_pgd_on_a_trained_model(trained_mlp):
+    model, x, y = trained_mlp
+    assert float(still_correct(model, x, y).float().mean()) > 0.8
+    threat = ThreatModel("linf", 0.1)
+    acc = {}
+    for attack_id in ("pgd", "apgd-ce"):
+        res = run(attack_id, model, x, y, threat)
+        threat.verify(res.x_adv, x)
+        acc[attack_id] = float(still_correct(model, res.x_adv, y).float().mean())
+    assert acc["apgd-ce"] <= acc["pgd"]
+    assert acc["apgd-ce"] < 0.5  # the attack does real work at this ε
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_unbounded_threat_breaks_everything(norm):
+    model, x, y = linear_problem(3, n=20)
+    threat = ThreatModel(norm, math.inf)
+    res = run("apgd-ce", model, x, y, threat)
+    threat.verify(res.x_adv, x)
+    assert not still_correct(model, res.x_adv, y).any()
+
+
+def test_same_seed_same_output_and_different_seed_runs():
+    model, x, y = linear_problem(3, n=30)
+    threat = ThreatModel("l2", 0.02)
+    a = run("apgd-dlr", model, x, y, threat, seed=3, steps=20)
+    b = run("apgd-dlr", model, x, y, threat, seed=3, steps=20)
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert a.info == b.info
+
+
+class Noise(Step):
+    """Adds fresh Gaussian noise on each call (a randomized defense)."""
+
+    randomized = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.01 * torch.randn_like(x)
+
+
+class RejectLowConfidence(nn.Module):
+    """Linear logits plus a reject logit that wins when the top-two gap is small."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        top2 = z.topk(2, dim=1).values
+        return torch.cat([z, (3.0 - (top2[:, 0] - top2[:, 1])).unsqueeze(1)], 1)
+
+
+def test_randomized_defense_uses_eot_and_returns_valid_points():
+    model, x, y = linear_problem(3, n=16)
+    defense = Defense(model, steps=[Noise()])
+    threat = ThreatModel("linf", 0.05)
+    torch.manual_seed(0)  # the defense's own noise; the attack's draws use ctx.generator
+    res = run("apgd-ce", defense, x, y, threat, steps=10)
+    threat.verify(res.x_adv, x)
+    assert res.info["eot"] == 10
+
+
+def test_rejecting_defense_breaks_are_real_and_not_rejections():
+    model, x, y = linear_problem(3, n=60, seed=2)
+    defense = Defense(RejectLowConfidence(model), rejects=True)
+    dist = exact_distance(model, x, y, "linf")
+    threat = threat_at_median(dist, "linf", x[0].numel())
+    for attack_id in ("apgd-ce", "apgd-dlr"):
+        res = run(attack_id, defense, x, y, threat)
+        threat.verify(res.x_adv, x)
+        with torch.no_grad():
+            pred = defense(res.x_adv).argmax(1)
+        broken = pred != y
+        assert (pred[broken] < 3).all()  # a success is a wrong real class, never "reject"
+        assert broken.any()
+        # rejection only makes breaks harder: never more than the plain linear model's
+        assert int(broken.sum()) <= int((dist <= threat.radius(x[0].numel())).sum())
