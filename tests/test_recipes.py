@@ -1,0 +1,84 @@
+"""Each reference submission's training recipe on a tiny budget (1 epoch, 64 examples)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.registry import build_defense, load_submission, resolve
+from benchmark.training import TrainingJob
+
+SUBMISSIONS = Path(__file__).resolve().parents[1] / "submissions"
+
+#: (submission id, tiny overrides of its recipe arguments)
+CASES = [
+    ("madry2018-pgd-at", {"epochs": 1, "steps": 2}),
+    ("buckman2018-thermometer", {"epochs": 1}),
+    ("buckman2018-thermometer-at", {"epochs": 1, "steps": 2}),
+    ("guo2018-bit-depth", {"epochs": 1}),
+    ("guo2018-jpeg", {"epochs": 1}),
+    ("guo2018-crop-rescale", {"epochs": 1}),
+    ("guo2018-tv-min", {"epochs": 1}),
+    ("guo2018-quilting", {"epochs": 1}),
+    ("dhillon2018-sap", {"epochs": 1}),
+    ("xie2018-randomization", {"epochs": 1}),
+]
+
+
+def _job(sub_id: str, n: int = 64) -> TrainingJob:
+    """A training job over ``n`` synthetic examples of the submission's input shape."""
+    sub = load_submission(SUBMISSIONS / sub_id / "manifest.yaml")
+    torch.manual_seed(0)
+    model = resolve(sub.manifest.model.factory, sub.folder, sub.id)(**sub.manifest.model.args)
+    defense = build_defense(sub, "cpu", classifier=model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 28, 28, generator=g) * (torch.rand(n, 1, 28, 28, generator=g) > 0.7)
+    y = torch.arange(n) % 10
+    return TrainingJob(sub, model, defense, x, y, g, torch.device("cpu"), None, SUBMISSIONS)
+
+
+@pytest.mark.parametrize("sub_id,overrides", CASES, ids=[c[0] for c in CASES])
+def test_recipe_trains_on_a_tiny_budget(sub_id: str, overrides: dict) -> None:
+    job = _job(sub_id)
+    before = {k: v.clone() for k, v in job.model.state_dict().items()}
+    recipe = resolve(job.submission.manifest.train.recipe, job.submission.folder, sub_id)
+    model = recipe(job, **{**job.submission.manifest.train.args, **overrides})
+    assert model is job.model and not model.training
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "the recipe did not update any parameter"
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    with torch.no_grad():
+        logits = job.defense(job.x_train[:8])
+    assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+
+
+def test_pgd_at_trains_on_adversarial_points_inside_the_ball(monkeypatch) -> None:
+    """The inner maximization stays in the ε-ball and actually moves the inputs."""
+    import defenses.adversarial as adversarial
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = adversarial._pgd
+
+    def spy(view, evaluate, x, y, threat, steps, step_size, generator):
+        xa = original(view, evaluate, x, y, threat, steps, step_size, generator)
+        seen.append((x, xa))
+        return xa
+
+    monkeypatch.setattr(adversarial, "_pgd", spy)
+    job = _job("madry2018-pgd-at", n=32)
+    adversarial.pgd_at(job, eps=0.1, steps=3, epochs=1, batch_size=16, warmup_epochs=0)
+    assert len(seen) == 2
+    for x, xa in seen:
+        delta = (xa - x).abs().amax()
+        assert 0.05 < delta <= 0.1 + 1e-6
+        assert xa.min() >= 0 and xa.max() <= 1
+
+
+def test_pgd_at_rejects_bad_arguments() -> None:
+    from defenses.adversarial import pgd_at
+
+    with pytest.raises(ValueError):
+        pgd_at(_job("madry2018-pgd-at", n=8), eps=-1.0)
