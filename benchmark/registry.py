@@ -26,6 +26,8 @@ from benchmark.manifest import Factory, Manifest, ManifestError, parse_manifest,
 from benchmark.threats import get_threat
 
 MANIFEST_NAME = "manifest.yaml"
+#: Largest weights or data file a submission may ship (docs/submitting.md).
+MAX_WEIGHTS_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,9 @@ def weights_path(folder: Path, relative: str) -> Path:
         raise ValueError(f"path {relative!r} leaves the submission folder")
     if not target.is_file():
         raise ValueError(f"file {relative!r} not found in {folder}")
+    size = target.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise ValueError(f"{relative!r} is {size / 2**20:.1f} MiB; the limit is {MAX_WEIGHTS_BYTES / 2**20:.0f} MiB")
     return target
 
 
