@@ -33,9 +33,10 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
         early_stop: drop examples of a deterministic defense once broken.
 
     Returns:
-        (x_best, info) with ``info["zero_grad_fraction"]``: the share of examples whose
-        first gradient (at their starting point) was zero or non-finite (the
-        ``zero-gradients`` flag).
+        (x_best, info) with ``info["zero_grad_fraction"]``: among the examples attacked
+        (those a deterministic defense already misclassifies are not, under early
+        stopping), the share whose first gradient, at their starting point, was zero or
+        non-finite (the ``zero-gradients`` flag).
 
     Cost: ``restarts × steps`` gradient queries plus one forward pass per restart (the
     last point) and one for the clean point when starting at random; an example that a
@@ -48,7 +49,7 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
     best = BestTracker(x)
     if random_start:  # the clean point competes too (without a random start, step 1 is at x)
         best.update(x, evaluate(view, x, y, loss, grad=False).margin)
-    zero: torch.Tensor | None = None
+    zero: torch.Tensor | None = None  # per attacked example: first gradient zero/non-finite
     for restart in range(restarts):
         active = torch.arange(len(x), device=x.device)
         if drop and (random_start or restart > 0):
@@ -62,7 +63,7 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
             ev = evaluate(view, xa, y0, loss)
             best.update(xa, ev.margin, active)
             if zero is None:
-                zero = _zero_rows(ev.grad, active, len(x))
+                zero = _zero_rows(ev.grad)
             g = ev.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             if box is None:
                 xa = threat.project(xa + threat.step(g, alpha), x0)
@@ -78,9 +79,8 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
                         break
         if len(active):
             best.update(xa, evaluate(view, xa, y0, loss, grad=False).margin, active)
-    if zero is None:
-        zero = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    return best.x, {"zero_grad_fraction": float(zero.float().mean())}
+    fraction = float(zero.float().mean()) if zero is not None else 0.0
+    return best.x, {"zero_grad_fraction": fraction}
 
 
 def _linf_box(threat: ThreatModel, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -92,12 +92,10 @@ def _linf_box(threat: ThreatModel, x0: torch.Tensor) -> tuple[torch.Tensor, torc
     return threat.project(torch.zeros_like(x0), x0), threat.project(torch.ones_like(x0), x0)
 
 
-def _zero_rows(grad: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """(n,) bool: True for the ``rows`` whose gradient is all zero or has a non-finite value."""
+def _zero_rows(grad: torch.Tensor) -> torch.Tensor:
+    """Per row: True when the gradient is all zero or has a non-finite value."""
     flat = grad.reshape(len(grad), -1)
-    zero = torch.zeros(n, dtype=torch.bool, device=grad.device)
-    zero[rows] = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
-    return zero
+    return (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
 
 
 class PGD(Attack):

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+# OpenMP's default spin-waiting makes torch many times slower on small batches whenever
+# the cores are shared; it must be set before torch is imported (workers inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
