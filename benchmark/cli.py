@@ -16,6 +16,9 @@ from pathlib import Path
 # the cores are shared; it must be set before torch is imported (workers inherit it).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from benchmark.report import add_parser as add_report_parser
+from benchmark.report import cmd_report
+
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -65,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--submissions", type=Path, default=Path("submissions"))
 
     sub.add_parser("schema", help="print the manifest JSON Schema for submitters")
+    add_report_parser(sub)
     return p
 
 
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gauntlet`` console script."""
     args = _parser().parse_args(argv)
     handlers = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "train": cmd_train,
-                "leaderboard": cmd_leaderboard,
+                "leaderboard": cmd_leaderboard, "report": cmd_report,
                 "schema": lambda a: print(json.dumps(_schema(), indent=2)) or EXIT_OK}
     try:
         return handlers[args.command](args)

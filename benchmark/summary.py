@@ -3,8 +3,11 @@
 ``python -m benchmark.summary RESULTS [--submissions DIR]`` prints, per dataset and fixed
 threat model, one row per defense: clean accuracy, the claimed accuracy (with its
 threat and source), the measured per-example worst case over every attack, the
-certified accuracy, the raised gradient-masking flags and the attacks still missing;
-then every failed job (``kind: "error"`` records). It reads result files and the
+certified accuracy, the raised gradient-masking flags, the attacks still missing and
+the attacks whose job failed; then every failed job (``kind: "error"`` records). As on
+the site, a row with a failed attack is marked incomplete and left unranked (its worst
+case is over the attacks that finished, an upper bound) and a defense that could not be
+built shows its error instead of numbers. It reads result files and the
 ``manifest.json`` files the runner writes beside them only, through
 :mod:`leaderboard.aggregate`, so its numbers are the site's. Submitter strings are
 escaped for Markdown and HTML.
@@ -50,7 +53,11 @@ def _claim(row: dict[str, Any]) -> str:
 
 
 def _worst(row: dict[str, Any]) -> str:
+    if _given(row.get("build_error")):
+        return f"**build failed**: {md(row['build_error'])}"
     text = _num(row.get("robust_accuracy"))
+    if row.get("incomplete"):
+        text += " **incomplete** (upper bound)"
     if row.get("not_reproduced"):
         text += " **claim not reproduced**"
     return text
@@ -81,15 +88,18 @@ def render(results_dir: Path, submissions_dir: Path | None = None) -> str:
     table = leaderboard(board)
     for (dataset, threat), group in table.groupby(["dataset", "threat"], sort=False):
         out += [f"### {md(dataset)} · {md(threat)}", "",
-                "| rank | defense | clean | claimed | worst case | certified | flags raised | attacks | missing attacks |",
-                "| ---: | --- | ---: | --- | ---: | ---: | --- | ---: | --- |"]
+                "| rank | defense | clean | claimed | worst case | certified | flags raised | attacks "
+                "| missing attacks | failed attacks |",
+                "| ---: | --- | ---: | --- | ---: | ---: | --- | ---: | --- | --- |"]
         for row in group.to_dict("records"):
             rank = str(row["rank"]) if _given(row["rank"]) else "–"
             attacks = len([a for a in str(row.get("attacks_run") or "").split(";") if a])
             cert = _num(row.get("certified_accuracy"))
+            if _given(row.get("reduced_budget")):
+                attacks = f"{attacks} (reduced budget: {_list(row['reduced_budget'])})"
             out.append(f"| {rank} | {md(row['defense'])}: {md(row['name'])} | {_num(row.get('clean_accuracy'))} "
                        f"| {_claim(row)} | {_worst(row)} | {cert} | {_list(row.get('flags_raised'))} "
-                       f"| {attacks} | {_list(row.get('missing_attacks'))} |")
+                       f"| {attacks} | {_list(row.get('missing_attacks'))} | {_list(row.get('failed_attacks'))} |")
         out.append("")
     errors = [r for r in board.runs if r.kind == "error"]
     if errors:

@@ -1,7 +1,9 @@
 """The static leaderboard: reads result files only and renders a self-contained site.
 
 Entry point: :func:`leaderboard.site.build_site`. The package never imports defense
-code; aggregation lives in :mod:`leaderboard.aggregate`, plots in
+code; loading and checking result files lives in :mod:`leaderboard.board`, failed jobs
+in :mod:`leaderboard.job_errors`, aggregation in :mod:`leaderboard.aggregate`, the
+per-defense page's tables in :mod:`leaderboard.details`, plots in
 :mod:`leaderboard.plots`, rendering in :mod:`leaderboard.site`.
 """
 from __future__ import annotations

@@ -22,14 +22,14 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from benchmark.datasets import DATASETS
 from benchmark.threats import FIXED_THREATS, SWEEPS, get_threat
 from leaderboard import aggregate as agg
-from leaderboard import plots
+from leaderboard import details, plots
 
 PACKAGE = Path(__file__).resolve().parent
 #: Generated sub-folders, removed before each build so no stale page survives.
 GENERATED = ("results", "plots", "defenses", "static")
 THREAT_TITLE = {"linf-0.031": "ℓ∞, ε = 0.031", "l2-0.005": "ℓ2, ε = 0.005 per input value (RMS)"}
 #: Columns of the CSV that hold submitter text (guarded against spreadsheet formulas).
-_TEXT_COLUMNS = ("name", "paper_title", "venue", "authors", "claim_source")
+_TEXT_COLUMNS = ("name", "paper_title", "venue", "authors", "claim_source", "build_error")
 
 
 def build_site(results_dir: Path, site_dir: Path, submissions_dir: Path | None = None) -> Path:
@@ -184,15 +184,40 @@ def _index_context(board: agg.Board, table: pd.DataFrame) -> dict[str, Any]:
             rows = _records(table[(table["dataset"] == dataset) & (table["threat"] == threat)])
             for row in rows:
                 row["url"] = _defense_url(dataset, row["defense"])
-                row["flags"] = [f for f in agg.flags(board, dataset, row["defense"], threat) or [] if f["raised"]]
-                row["flags_checked"] = agg.flags(board, dataset, row["defense"], threat) is not None
+                fl = None if row["build_error"] else agg.flags(board, dataset, row["defense"], threat)
+                row["flags"] = [f for f in fl or [] if f["raised"]]
+                row["flags_checked"] = fl is not None
+                row["flags_error"] = next((e.tooltip for e in board.errors(dataset, row["defense"], threat)
+                                           if e.name == "flags"), None)
                 row["missing"] = [a for a in (row["missing_attacks"] or "").split(";") if a]
                 row["attacks"] = [a for a in (row["attacks_run"] or "").split(";") if a]
+                row["failed"] = [a for a in (row["failed_attacks"] or "").split(";") if a]
+                errors = board.errors(dataset, row["defense"])
+                row["errors"] = len(errors)
+                row["errors_tooltip"] = _errors_tooltip(errors)
+                budgets = agg.reduced_budgets(board, dataset, row["defense"], threat)
+                row["budgets_tooltip"] = "\n".join(
+                    f"{b['attack']}" + (f" ({b['change']})" if b["change"] else "") + f": {b['reason']}"
+                    for b in budgets)
             dim = _dim(dataset, board)
             tables.append({"dataset": dataset, "threat": threat, "title": THREAT_TITLE[threat],
                            "radius": get_threat(threat).radius(dim) if dim else None, "rows": rows,
                            "description": DATASETS[dataset].description if dataset in DATASETS else ""})
     return {"tables": tables, "gap_tolerance": agg.GAP_TOLERANCE, "title": "Leaderboard"}
+
+
+def _errors_tooltip(errors: list[Any]) -> str:
+    """One line per failed job; a build failure, recorded at every planned job, once."""
+    lines, builds = [], {}
+    for e in errors:
+        if e.job == "prepare":
+            builds.setdefault((e.kind, e.message), []).append(e)
+        else:
+            lines.append(e.tooltip)
+    for (kind, message), same in builds.items():
+        lines.insert(0, f"build failed ({kind}): {message} (recorded at {len(same)} planned job"
+                        + ("s)" if len(same) > 1 else ")"))
+    return "\n".join(lines)
 
 
 def _claims_context(board: agg.Board) -> dict[str, Any]:
@@ -202,10 +227,12 @@ def _claims_context(board: agg.Board) -> dict[str, Any]:
             m = board.manifests[(dataset, defense)]
             base = {"dataset": dataset, "defense": defense, "name": board.name(dataset, defense),
                     "url": _defense_url(dataset, defense)}
+            build = agg.prepare_error(board, dataset, defense)
             for threat in FIXED_THREATS:
-                wc = agg.worst_case(board, dataset, defense, threat)
+                wc = None if build else agg.worst_case(board, dataset, defense, threat)
                 claim = agg.pick_claim(m, dataset, threat)
-                rows.append({**base, "threat": threat, "wc": wc,
+                rows.append({**base, "threat": threat, "wc": wc, "build_error": build,
+                             "failed": agg.failed_attacks(board, dataset, defense, threat),
                              "pgd": wc.per_attack.get(agg.NAIVE_ATTACK) if wc else None,
                              "drop": (wc.per_attack[agg.NAIVE_ATTACK] - wc.accuracy
                                       if wc and agg.NAIVE_ATTACK in wc.per_attack else None),
@@ -233,27 +260,31 @@ def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -
     plot_dir = site / "plots" / dataset / defense
     rel = f"plots/{dataset}/{defense}"
     threats = []
+    build = agg.prepare_error(board, dataset, defense)
     for threat in FIXED_THREATS:
-        attacks = _records(agg.attack_table(board, dataset, defense, threat))
+        attacks = _records(details.attack_table(board, dataset, defense, threat))
         claim = agg.pick_claim(m, dataset, threat)
         threats.append({
             "id": threat, "title": THREAT_TITLE[threat], "attacks": attacks,
-            "wc": agg.worst_case(board, dataset, defense, threat),
-            "missing": agg.missing_attacks(board, dataset, defense, threat),
+            "wc": None if build else agg.worst_case(board, dataset, defense, threat),
+            "failed": agg.failed_attacks(board, dataset, defense, threat),
+            "missing": [] if build else agg.missing_attacks(board, dataset, defense, threat),
             "flags": agg.flags(board, dataset, defense, threat),
-            "certified": agg.certified(board, dataset, defense, threat),
-            "claim": agg.claim_gap(board, dataset, defense, claim) if claim else None,
-            "draws": max((a["draws"] or 1 for a in attacks), default=1),
+            "flags_error": next((e for e in board.errors(dataset, defense, threat) if e.name == "flags"), None),
+            "certified": None if build else agg.certified(board, dataset, defense, threat),
+            "claim": agg.claim_gap(board, dataset, defense, claim) if claim and not build else None,
+            "budgets": agg.reduced_budgets(board, dataset, defense, threat),
+            "draws": int(max((a["draws"] or 1 for a in attacks), default=1)),
             "rejects": any((a["clean_rejection_rate"] or 0) > 0 or (a["adv_rejection_rate"] or 0) > 0
                            for a in attacks)})
     curves = []
     for norm, fixed in (("linf", "linf-0.031"), ("l2", "l2-0.005")):
-        curve = agg.sweep_curve(board, dataset, defense, norm)
+        curve = details.sweep_curve(board, dataset, defense, norm)
         svg = plots.eps_curve(curve, norm, plot_dir / f"eps-{norm}.svg", get_threat(fixed).eps)
         curves.append({"norm": norm, "svg": f"{rel}/eps-{norm}.svg" if svg else None,
                        "points": _records(curve)})
     certs = []
-    l2 = agg.sweep_curve(board, dataset, defense, "l2")
+    l2 = details.sweep_curve(board, dataset, defense, "l2")
     for run in board.select("certify", dataset, defense):
         rec = run.record
         curve = rec["summary"].get("curve") or {}
@@ -270,6 +301,7 @@ def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -
     files = [r.run_id for r in board.runs if (r.dataset, r.defense) == (dataset, defense)]
     manifest_file = (board.results_dir / dataset / defense / agg.MANIFEST_FILE).is_file()
     return {"dataset": dataset, "defense": defense, "name": board.name(dataset, defense), "m": m,
-            "threats": threats, "curves": curves, "certs": certs, "meta": agg.run_metadata(board, dataset, defense),
+            "threats": threats, "curves": curves, "certs": certs, "meta": details.run_metadata(board, dataset, defense),
+            "build_error": build, "cert_errors": board.errors(dataset, defense, "certify"),
             "files": files, "manifest_file": manifest_file, "gap_tolerance": agg.GAP_TOLERANCE,
             "flag_docs": agg.flag_docs(board), "title": board.name(dataset, defense), "dim": dim}

@@ -72,6 +72,16 @@ def xss_site(tmp_path_factory) -> Path:
         rec = json.loads(f.read_text())
         rec["defense"]["name"] = XSS_IMG
         f.write_text(json.dumps(rec))
+    # Error messages and tracebacks come from submitted code; so may an override reason.
+    for f in [root / DS / "fragile" / "l2-0.005" / "pgd-bpda-eot.json",
+              *(root / DS / "unbuildable" / "linf-0.031").glob("*.json")]:
+        rec = json.loads(f.read_text())
+        rec["error"].update(message=f"RuntimeError: {XSS_SCRIPT}", traceback=f"Traceback\n{XSS_IMG}\n")
+        f.write_text(json.dumps(rec))
+    f = root / DS / "jpeg" / "linf-0.031" / "pgd-eot.json"
+    rec = json.loads(f.read_text())
+    rec["attack"]["override_reason"] = XSS_IMG + " slow"
+    f.write_text(json.dumps(rec))
     out = root.parent / "site"
     build_site(root, out)
     return out
@@ -81,7 +91,7 @@ def test_pages_and_assets_exist(site):
     for rel in ("index.html", "claims.html", "methodology.html", "leaderboard.csv", "leaderboard.json",
                 "static/style.css", "static/table.js"):
         assert (site / rel).is_file(), rel
-    for defense in ("undefended", "jpeg", "smoothing", "madry", "detector"):
+    for defense in ("undefended", "jpeg", "smoothing", "madry", "detector", "fragile", "unbuildable"):
         assert (site / "defenses" / DS / f"{defense}.html").is_file()
     assert (site / "defenses" / "cifar10" / "cifar-undefended.html").is_file()
     for svg in ("madry/eps-linf.svg", "madry/eps-l2.svg", "smoothing/certified-randomized-smoothing.svg"):
@@ -95,7 +105,7 @@ def test_pages_and_assets_exist(site):
 def test_no_remote_assets_and_every_local_link_resolves(site):
     papers = paper_urls()
     pages = list(site.rglob("*.html"))
-    assert len(pages) == 9
+    assert len(pages) == 11
     for page in pages:
         for tag, attr, value in parse(page).refs:
             if value.startswith(("http://", "https://", "//")):
@@ -138,12 +148,16 @@ def test_defense_page_shows_details(site):
 def test_downloads(site):
     csv = pd.read_csv(site / "leaderboard.csv")
     data = json.loads((site / "leaderboard.json").read_text())
-    assert len(csv) == len(data) == 12
+    assert len(csv) == len(data) == 16
     top = [r for r in data if r["dataset"] == DS and r["threat"] == "linf-0.031" and r["rank"] == 1]
     assert [r["defense"] for r in top] == ["madry"]
     assert top[0]["robust_accuracy"] == pytest.approx(0.8)
     assert set(csv.columns) >= {"rank", "defense", "clean_accuracy", "robust_accuracy", "claim_gap",
-                                "certified_accuracy", "flags_raised", "missing_attacks"}
+                                "certified_accuracy", "flags_raised", "missing_attacks", "failed_attacks",
+                                "incomplete", "build_error", "job_errors", "reduced_budget", "profile"}
+    fragile = [r for r in data if r["defense"] == "fragile" and r["threat"] == "linf-0.031"]
+    assert fragile[0]["incomplete"] and fragile[0]["rank"] is None
+    assert fragile[0]["failed_attacks"] == "pgd-bpda;pgd-eot"
 
 
 def test_submitter_strings_are_escaped(xss_site):
@@ -159,6 +173,12 @@ def test_submitter_strings_are_escaped(xss_site):
     assert "&lt;img src=x onerror=alert(1)&gt;" in index
     page = (xss_site / "defenses" / DS / "jpeg.html").read_text()
     assert "O&#39;Brien" in page and "&#34;Quote&#34;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt; slow" in page  # override reason
+    fragile = (xss_site / "defenses" / DS / "fragile.html").read_text()
+    assert "RuntimeError: &lt;script&gt;alert(1)&lt;/script&gt;" in fragile  # error message and traceback
+    assert "Traceback\n&lt;img src=x onerror=alert(1)&gt;" in fragile
+    assert ("build failed (exception): RuntimeError: &lt;script&gt;alert(1)&lt;/script&gt; "
+            "(recorded at 5 planned jobs)") in index
 
 
 def test_csv_guards_against_spreadsheet_formulas(tmp_path):
@@ -192,3 +212,61 @@ def test_unreadable_result_fails_the_build(tmp_path):
     bad.write_text("")
     with pytest.raises(ResultError, match=str(bad)):
         build_site(root, tmp_path / "site")
+
+
+def _row(html: str, section: str, defense: str) -> str:
+    """The index table row of ``defense`` in the table ``section``."""
+    table = html.split(f'id="{section}"')[1].split("</table>")[0]
+    return next(r for r in table.split("<tr>") if f'href="defenses/{DS}/{defense}.html"' in r)
+
+
+def test_index_shows_failed_jobs(site):
+    html = (site / "index.html").read_text()
+    fragile = _row(html, f"{DS}-linf-0.031", "fragile")
+    assert ">incomplete<" in fragile and "2 failed: pgd-bpda, pgd-eot" in fragile and "unranked" in fragile
+    assert "60.0%" in fragile  # the worst case over the attacks that finished, marked incomplete
+    # The errors badge is text, with every failed job of the defense in its tooltip.
+    badge = fragile.split('class="badge bad errors" title="')[1].split('"')[0]
+    assert fragile.split(badge)[1].startswith('">⚠ errors (5)<')
+    assert "linf-0.031/pgd-bpda: timeout: no result within the wall-clock limit of 900 s" in badge
+    assert "certify/randomized-smoothing: timeout" in badge and "linf-0.031/flags: crash" in badge
+    assert "flags job failed" in fragile
+    unbuildable = _row(html, f"{DS}-linf-0.031", "unbuildable")
+    assert "build failed" in unbuildable and "could not be built: exception: ModuleNotFoundError" in unbuildable
+    assert "%" not in unbuildable.split('class="num strong"')[1].split("</td>")[0]  # the error, not numbers
+    assert "recorded at 10 planned jobs" in unbuildable and "⚠ errors (10)" in unbuildable
+    # Unranked rows come after the ranked ones.
+    table = html.split(f'id="{DS}-linf-0.031"')[1]
+    assert table.index("defenses/mnist-embedded/undefended.html") < table.index("defenses/mnist-embedded/fragile.html")
+    assert "errors" not in _row(html, f"{DS}-linf-0.031", "madry")
+
+
+def test_index_shows_reduced_budget_and_profile(site):
+    html = (site / "index.html").read_text()
+    jpeg = _row(html, f"{DS}-l2-0.005", "jpeg")
+    assert ">reduced budget<" in jpeg and "pgd-eot (eot 10 → 4): JPEG on CPU is slow" in jpeg
+    assert "quick profile, 10 examples" in jpeg
+    assert "reduced budget" not in _row(html, f"{DS}-l2-0.005", "madry")
+
+
+def test_defense_page_shows_failed_attacks_in_place(site):
+    html = (site / "defenses" / DS / "fragile.html").read_text()
+    linf = html.split('<section id="linf-0.031">')[1].split("</section>")[0]
+    row = next(r for r in linf.split("<tr") if "<code>pgd-bpda</code>" in r)
+    assert "error: timeout" in row and "no result within the wall-clock limit of 900 s" in row and "15.0 min" in row
+    assert "error: memory" in linf and "Failed attacks" in linf
+    assert "pgd-bpda" not in linf.split("Missing attacks")[1].split("</p>")[0]  # failed, not missing
+    assert "over the 3 attacks above that finished" in linf and ">incomplete<" in linf
+    assert "The flags job failed" in linf and "worker died with signal SIGSEGV" in linf
+    l2 = html.split('<section id="l2-0.005">')[1].split("</section>")[0]
+    assert "shape &lt;1, 784&gt; &amp; &#39;x&#39; mismatch" in l2 and "<summary>traceback</summary>" in l2
+    assert "Certification (<code>randomized-smoothing</code>) failed" in html
+    assert "quick profile, 10 examples" in html and "⚠ errors (5)" in html
+    built = (site / "defenses" / DS / "unbuildable.html").read_text()
+    assert "This defense could not be built" in built and "No module named &#39;missing_dep&#39;" in built
+    summary = built.split("<h2>Summary</h2>")[1].split("<tbody>")[1].split("</tbody>")[0]
+    assert summary.count("build failed") == 2 and "%" not in summary.replace("90.0%", "")  # only the claim
+    jpeg = (site / "defenses" / DS / "jpeg.html").read_text()
+    assert "eot 10 → 4: JPEG on CPU is slow" in jpeg and ">reduced budget<" in jpeg
+    claims = (site / "claims.html").read_text()
+    assert "build failed" in claims and ">incomplete<" in claims

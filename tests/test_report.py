@@ -1,0 +1,123 @@
+"""The README's Table 1 (benchmark/report.py) from the leaderboard fixtures."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark.report import END, START, ReportError, add_parser, cmd_report, render_table, update_readme
+from benchmark.results import ResultError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "results"
+DS = "mnist-embedded"
+
+
+def rows(markdown: str) -> dict[str, list[str]]:
+    """Table rows by defense name (first cell), split on unescaped pipes."""
+    out = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip().replace("\0", "|") for c in
+                     line.replace("\\|", "\0").strip().strip("|").split("|")]
+            out[cells[0]] = cells
+    return out
+
+
+@pytest.fixture(scope="module")
+def table() -> str:
+    return render_table(FIXTURES)
+
+
+def test_table_from_fixtures(table):
+    r = rows(table)
+    header = r["Defense"]
+    assert header[:4] == ["Defense", "Dataset", "Examples", "Clean"]
+    # Fixed threats, then the sweep points present in the results.
+    assert [h.split(":")[0] for h in header[4:]] == ["ℓ∞ ε = 0.031", "ℓ2 ε = 0.005 (RMS)", "ℓ∞ ε = 0.1",
+                                                     "ℓ∞ ε = 0.3"]
+    jpeg = r["JPEG compression"]
+    assert jpeg[1:4] == [DS, "10", "100.0%"]
+    # Naive pgd leaves 80%; the per-example worst case 10%, below its strongest single attack.
+    assert jpeg[4] == "80.0% → **10.0%** (pgd-bpda) †" and jpeg[5] == "80.0% → **40.0%** (pgd-bpda) †"
+    assert jpeg[6:] == ["–", "–"]
+    undefended = r["Undefended CNN"]
+    assert undefended[4:] == ["10.0% → **0.0%** (pgd-bpda-eot)", "40.0% → **30.0%** (pgd)",
+                              "0.0% → **0.0%** (pgd)", "0.0% → **0.0%** (pgd)"]
+    assert r["Adversarial training \\(PGD\\)"][6] == "90.0% → **90.0%** (pgd)"
+    assert r["Undefended ResNet"][1:5] == ["cifar10", "10", "90.0%", "10.0% → **10.0%** (pgd)"]
+    # Rows follow the leaderboard's ranking at linf-0.031 within each dataset.
+    names = [n for n in r if n != "Defense"]
+    assert names.index("Adversarial training \\(PGD\\)") < names.index("JPEG compression") < names.index(
+        "Undefended CNN") < names.index("Undefended ResNet")
+    assert "Profile: quick profile, 10 examples." in table
+
+
+def test_failed_jobs_are_marked_not_hidden(table):
+    r = rows(table)
+    fragile = r["Fragile preprocessing"]
+    assert fragile[4] == "70.0% → **60.0%** (pgd-bpda-eot) ⚠ incomplete: pgd-bpda, pgd-eot failed"
+    assert fragile[5].endswith("⚠ incomplete: pgd-bpda-eot failed")
+    built = r["Defense that cannot be built"]
+    assert built[2:4] == ["–", "–"] and set(built[4:]) == {"build failed: exception"}
+    assert "upper bound" in table and "could not be built" in table and "reduced budget" in table
+
+
+def test_sweep_columns_only_when_present_and_submitter_strings_escaped(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURES / DS / "jpeg", root / DS / "jpeg")
+    facts = root / DS / "jpeg" / "manifest.json"
+    evil = "<img src=x onerror=alert(1)> | [click](https://evil.example) *bold*\n# heading"
+    facts.write_text(json.dumps({**json.loads(facts.read_text()), "name": evil}))
+    text = render_table(root)
+    assert "<img" not in text and "\n# heading" not in text and "[click](" not in text
+    (header, row) = [cells for name, cells in rows(text).items()]
+    assert len(header) == len(row) == 6  # no sweep columns; the escaped | splits nothing
+    assert row[0].startswith("&lt;img src=x onerror=alert\\(1\\)&gt; | \\[click\\]") and "\\*bold\\*" in row[0]
+
+
+def test_update_readme_replaces_only_between_markers(tmp_path, table):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nBefore.\n\n{START}\nold table\n{END}\n\nAfter.\n", encoding="utf-8")
+    assert update_readme(readme, FIXTURES) is True
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# Title\n\nBefore.\n\n" + START + "\n") and text.endswith(END + "\n\nAfter.\n")
+    assert "old table" not in text and table in text
+    assert update_readme(readme, FIXTURES) is False  # idempotent
+    assert readme.read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("body", ["no markers here\n", f"{END}\n{START}\n", f"{START}\n{START}\n{END}\n"])
+def test_update_readme_needs_markers_and_names_the_file(tmp_path, body):
+    readme = tmp_path / "README.md"
+    readme.write_text(body, encoding="utf-8")
+    with pytest.raises(ReportError, match=str(readme)):
+        update_readme(readme, FIXTURES)
+    assert readme.read_text(encoding="utf-8") == body
+
+
+def test_unreadable_result_raises_naming_the_file(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURES / DS / "jpeg", root / DS / "jpeg")
+    bad = root / DS / "jpeg" / "linf-0.031" / "pgd.json"
+    bad.write_text("{")
+    with pytest.raises(ResultError, match=str(bad)):
+        render_table(root)
+
+
+def test_cmd_report(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="gauntlet")
+    add_parser(parser.add_subparsers(dest="command"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n", encoding="utf-8")
+    args = parser.parse_args(["report", "--results", str(FIXTURES), "--readme", str(readme)])
+    assert cmd_report(args) == 0 and "updated" in capsys.readouterr().out
+    assert cmd_report(args) == 0 and "already up to date" in capsys.readouterr().out
+    assert cmd_report(argparse.Namespace(results=tmp_path / "none", readme=readme)) == 2
+    assert "no result folder" in capsys.readouterr().err
+    readme.write_text("no markers\n", encoding="utf-8")
+    assert cmd_report(args) == 2 and str(readme) in capsys.readouterr().err
+    assert cmd_report(argparse.Namespace(results=FIXTURES, readme=tmp_path / "missing.md")) == 2
+    assert parser.parse_args(["report"]).readme == Path("README.md")
