@@ -2,10 +2,11 @@
 
 The runner calls :func:`certify_submission` for a submission whose manifest declares a
 certificate and wraps the returned ``{method, params, per_example, summary, info}`` with
-the common fields (run id, config hash, timing, environment). After the attack runs it
-fills ``summary.violations`` with :func:`consistency_violations`: certified accuracy is a
-lower bound and empirical accuracy an upper bound, so an example certified at a threat
-and broken by an attack is a bug somewhere (or, for smoothing, an α-probability event).
+the common fields (run id, config hash, timing, environment). After the attacks, the
+flags job checks every pair with :func:`consistency_violations` (flag
+``certificate-violated``): certified accuracy is a lower bound and empirical accuracy an
+upper bound, so an example certified at a threat and broken by an attack is a bug
+somewhere (or, for smoothing, an α-probability event).
 
 * ``randomized-smoothing``: CERTIFY (Cohen et al. 2019) over all examples at once
   (:mod:`benchmark.certification.smoothing`), or, with ``sequential=True``, the staged
@@ -171,9 +172,7 @@ def certify_submission(sub, defense: nn.Module, x: torch.Tensor, y: torch.Tensor
         autocast: smoothing only: CUDA fp16 autocast for the base model (off on the CPU).
 
     Returns:
-        ``{"method", "params", "per_example", "summary", "info"}`` per docs/results.md;
-        ``summary.violations`` is ``{}`` until the runner fills it with
-        :func:`consistency_violations`.
+        ``{"method", "params", "per_example", "summary", "info"}`` per docs/results.md.
 
     Raises:
         ValueError: no certificate in the manifest, or inputs of mismatched length.
@@ -202,7 +201,6 @@ def certify_submission(sub, defense: nn.Module, x: torch.Tensor, y: torch.Tensor
         "certified_accuracy": {tid: float(np.mean(correct & (np.asarray(radius) >= r))) if len(correct) else 0.0
                                for tid, r in radii.items()},
         "curve": certified_curve(radius, correct, grid),
-        "violations": {},
     }
     per_example = {"prediction": [int(p) for p in pred], "radius": radius_list,
                    "correct": [int(c) for c in correct]}
