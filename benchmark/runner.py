@@ -38,11 +38,11 @@ from attacks.base import AttackContext
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
 from benchmark.datasets import get_dataset
-from benchmark.flags import WHITE_BOX, compute_flags
+from benchmark.flags import compute_flags
 from benchmark.profiles import Profile, get_profile
 from benchmark.registry import Submission, build_defense, manifest_paths, validate
 from benchmark.scoring import Scores, declared_randomness_check, score
-from benchmark.threats import FIXED_THREATS, SWEEPS, ThreatModel, ThreatViolation, get_threat
+from benchmark.threats import FIXED_THREATS, SWEEPS, ThreatModel, get_threat
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,15 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models: intra-op threads only add contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def submissions(tmp_path: Path) -> Path:
     """A writable copy of the dummy submissions (linear and quantized linear)."""
     dst = tmp_path / "submissions"

@@ -12,34 +12,8 @@ from attacks.apgd import checkpoint_intervals
 from attacks.base import AttackContext
 from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
-from defenses.models import LinearClassifier
 from defenses.pipeline import Defense, Step
-
-
-def linear_problem(num_classes: int, n: int = 120, side: int = 8, seed: int = 0):
-    """A random linear model and inputs in [0.3, 0.7] labelled by the model itself."""
-    g = torch.Generator().manual_seed(seed)
-    model = LinearClassifier(side * side, num_classes)
-    with torch.no_grad():
-        model.linear.weight.copy_(torch.randn(num_classes, side * side, generator=g))
-        model.linear.bias.zero_()
-    x = 0.3 + 0.4 * torch.rand(n, 1, side, side, generator=g)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
-
-
-def exact_distance(model: LinearClassifier, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
-    """Minimal raw distance to misclassification of a linear model, box ignored:
-    min_{j≠y} (z_y − z_j) / ‖w_y − w_j‖_q with q the dual norm (ℓ1 for ℓ∞, ℓ2 for ℓ2)."""
-    w, b = model.linear.weight.detach().double(), model.linear.bias.detach().double()
-    z = x.flatten(1).double() @ w.t() + b
-    q = 1 if norm == "linf" else 2
-    out = torch.full((len(x),), math.inf, dtype=torch.float64)
-    for j in range(w.shape[0]):
-        dist = (z.gather(1, y[:, None]).squeeze(1) - z[:, j]) / (w[y] - w[j]).norm(p=q, dim=1)
-        out = torch.minimum(out, torch.where(y == j, math.inf, dist))
-    return out
+from tests.linear import exact_distance, linear_problem, still_correct
 
 
 def threat_at_median(dist: torch.Tensor, norm: str, d: int) -> ThreatModel:
@@ -48,23 +22,12 @@ def threat_at_median(dist: torch.Tensor, norm: str, d: int) -> ThreatModel:
     return ThreatModel(norm, raw if norm == "linf" else raw / math.sqrt(d))
 
 
-def still_correct(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x_adv).argmax(1) == y
-
-
 def run(attack_id: str, model, x, y, threat, seed: int = 0, **params):
     ctx = AttackContext(generator=torch.Generator().manual_seed(seed))
     return make_attack(attack_id, **params).run(model, x, y, threat, ctx)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_checkpoints_follow_the_paper():
@@ -75,7 +38,7 @@ def test_checkpoints_follow_the_paper():
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("attack_id,num_classes", [("apgd-ce", 2), ("apgd-ce", 3), ("apgd-dlr", 3)])
 def test_apgd_reaches_the_exact_robust_accuracy_of_a_linear_model(attack_id, num_classes, norm):
-    model, x, y = linear_problem(num_classes)
+    model, x, y = linear_problem(120, num_classes=num_classes)
     dist = exact_distance(model, x, y, norm)
     threat = threat_at_median(dist, norm, x[0].numel())
     r = threat.radius(x[0].numel())
@@ -91,7 +54,7 @@ def test_apgd_reaches_the_exact_robust_accuracy_of_a_linear_model(attack_id, num
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_dlr_at_least_as_strong_as_ce_and_never_below_exact(norm):
-    model, x, y = linear_problem(4, seed=1)
+    model, x, y = linear_problem(120, num_classes=4, seed=1)
     dist = exact_distance(model, x, y, norm)
     threat = threat_at_median(dist, norm, x[0].numel())
     exact = float((dist > threat.radius(x[0].numel())).double().mean())
@@ -101,7 +64,7 @@ def test_dlr_at_least_as_strong_as_ce_and_never_below_exact(norm):
 
 
 def test_dlr_needs_three_classes():
-    model, x, y = linear_problem(2, n=4)
+    model, x, y = linear_problem(4, num_classes=2)
     with pytest.raises(ValueError, match="3 classes"):
         run("apgd-dlr", model, x, y, ThreatModel("linf", 0.1))
 
@@ -142,7 +105,7 @@ def test_apgd_ce_at_least_as_strong_as_pgd_on_a_trained_model(trained_mlp):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_unbounded_threat_breaks_everything(norm):
-    model, x, y = linear_problem(3, n=20)
+    model, x, y = linear_problem(20, num_classes=3)
     threat = ThreatModel(norm, math.inf)
     res = run("apgd-ce", model, x, y, threat)
     threat.verify(res.x_adv, x)
@@ -150,7 +113,7 @@ def test_unbounded_threat_breaks_everything(norm):
 
 
 def test_same_seed_same_output_and_different_seed_runs():
-    model, x, y = linear_problem(3, n=30)
+    model, x, y = linear_problem(30, num_classes=3)
     threat = ThreatModel("l2", 0.02)
     a = run("apgd-dlr", model, x, y, threat, seed=3, steps=20)
     b = run("apgd-dlr", model, x, y, threat, seed=3, steps=20)
@@ -181,7 +144,7 @@ class RejectLowConfidence(nn.Module):
 
 
 def test_randomized_defense_uses_eot_and_returns_valid_points():
-    model, x, y = linear_problem(3, n=16)
+    model, x, y = linear_problem(16, num_classes=3)
     defense = Defense(model, steps=[Noise()])
     threat = ThreatModel("linf", 0.05)
     torch.manual_seed(0)  # the defense's own noise; the attack's draws use ctx.generator
@@ -191,7 +154,7 @@ def test_randomized_defense_uses_eot_and_returns_valid_points():
 
 
 def test_rejecting_defense_breaks_are_real_and_not_rejections():
-    model, x, y = linear_problem(3, n=60, seed=2)
+    model, x, y = linear_problem(60, num_classes=3, seed=2)
     defense = Defense(RejectLowConfidence(model), rejects=True)
     dist = exact_distance(model, x, y, "linf")
     threat = threat_at_median(dist, "linf", x[0].numel())

@@ -15,13 +15,7 @@ from defenses.models import LinearClassifier
 from defenses.pipeline import Defense, Step
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_problem(n: int, side: int = 8, seed: int = 0):

@@ -20,13 +20,7 @@ from defenses.pipeline import Defense
 SUBMISSION = Path(__file__).resolve().parents[1] / "submissions" / "lipschitz-margin" / "manifest.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids oversubscribing the shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_net(seed: int = 0) -> LipschitzCNN:

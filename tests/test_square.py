@@ -14,33 +14,7 @@ from attacks.square import eta_pattern, p_schedule
 from benchmark.threats import ThreatModel
 from defenses.models import LinearClassifier
 from defenses.pipeline import Defense, Step
-
-
-def linear_problem(n: int, side: int = 8, seed: int = 0, num_classes: int = 2):
-    """A random linear model and inputs in [0.3, 0.7] labelled by the model itself."""
-    g = torch.Generator().manual_seed(seed)
-    model = LinearClassifier(side * side, num_classes)
-    with torch.no_grad():
-        model.linear.weight.copy_(torch.randn(num_classes, side * side, generator=g))
-        model.linear.bias.zero_()
-    x = 0.3 + 0.4 * torch.rand(n, 1, side, side, generator=g)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
-
-
-def exact_distance(model: LinearClassifier, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
-    """Two classes: |w·x + b| / ‖w‖_q, w = w_y − w_other, q the dual norm (box ignored)."""
-    w = model.linear.weight.detach().double()
-    b = model.linear.bias.detach().double()
-    diff = w[y] - w[1 - y]
-    m = (x.flatten(1).double() * diff).sum(1) + b[y] - b[1 - y]
-    return m / diff.norm(p=1 if norm == "linf" else 2, dim=1)
-
-
-def still_correct(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x_adv).argmax(1) == y
+from tests.linear import exact_distance, linear_problem, still_correct
 
 
 def run(model, x, y, threat, seed: int = 0, **params):
@@ -69,13 +43,7 @@ class Guarded(nn.Module):
         return self.model(NoGradient.apply(x))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_p_schedule_is_the_reference_schedule_rescaled():
