@@ -129,3 +129,22 @@ def test_bench_ours_versus_cohen_reference(benchmark, base_and_examples):
     # the same algorithm on the same model: the answers agree up to Monte-Carlo noise
     assert np.mean(ours.prediction.numpy() == ref_pred) >= 0.75
     assert np.abs(ours.radius - ref_radius).mean() < 0.1
+
+
+def test_bench_sequential_mode_saving(benchmark, base_and_examples):
+    """Samples the staged test of "radius ≥ r?" (at the l2-0.005 radius on MNIST, 0.14)
+    saves against full CERTIFY on the same examples, n and α."""
+    from benchmark.certification.sequential import certify_sequential
+
+    model, x, _ = base_and_examples
+
+    def staged():
+        gen = torch.Generator().manual_seed(0)
+        return certify_sequential(model, x, radii=[0.14], sigma=SIGMA, n0=N0, n=N, alpha=ALPHA,
+                                  batch=BATCH, generator=gen)
+
+    cert = benchmark.pedantic(staged, rounds=1, iterations=1)
+    used, full = int(np.sum(cert.samples)), EXAMPLES * (N0 + N)
+    assert 0 < used <= full
+    benchmark.extra_info.update(samples_used=used, samples_full=full, saved_fraction=1 - used / full)
+    print(f"sequential mode: {used} of {full} samples ({1 - used / full:.0%} saved)")
