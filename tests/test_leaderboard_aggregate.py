@@ -388,7 +388,9 @@ def test_profile_summary(tmp_path):
     path.write_text(json.dumps(rec))
     b = board(tmp_path)
     linf = agg.profile_summary(b.select("attack", DS, "d", "linf-0.031"))
-    assert linf["label"] == "quick profile, 3 examples" and "first 100 test examples" in linf["description"]
+    from benchmark.profiles import PROFILES
+
+    assert linf["label"] == "quick profile, 3 examples" and linf["description"] == PROFILES["quick"].description
     assert agg.profile_summary(b.runs)["label"] == "full + quick profiles, 3–5 examples"
     assert agg.profile_summary([])["label"] == "—"
     table = agg.leaderboard(b).set_index("threat")
