@@ -264,7 +264,8 @@ def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
     for key in {k for _, i in infos for k in i}:
         values = [(n, i[key]) for n, i in infos if key in i]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for _, v in values):
-            out[key] = round(sum(n * v for n, v in values) / total, 6)
+            # NaN/inf (e.g. a step-size statistic at ε = 0) become JSON-safe, not a crash.
+            out[key] = rf.json_number(round(sum(n * v for n, v in values) / total, 6))
         else:
             out[key] = values[-1][1]
     return out
