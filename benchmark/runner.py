@@ -516,7 +516,7 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
 
     profile = get_profile(cfg.profile)
     device = resolve_device(cfg.device)
-    subs, problems = validate(manifest_paths([cfg.submissions_dir]), check_weights=False)
+    subs, problems = validate(manifest_paths([cfg.submissions_dir]))  # weights_only: safe here
     if cfg.defenses:
         known = {s.id for s in subs}
         missing = [d for d in cfg.defenses if d not in known]

@@ -109,3 +109,12 @@ def test_cli_run_bad_input_exits_2_without_traceback(submissions, tmp_path):
     (submissions / "dummy-linear" / "manifest.yaml").write_text("schema: 1\nid: dummy-linear\n")
     out = subprocess.run(base, capture_output=True, text=True)
     assert out.returncode == 2 and "dummy-linear/manifest.yaml: name: Field required" in out.stderr
+
+
+def test_cli_run_refuses_tampered_weights_before_running_anything(submissions, tmp_path):
+    weights = submissions / "dummy-linear" / "weights.pt"
+    weights.write_bytes(weights.read_bytes() + b"tampered")
+    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions),
+                          "--results", str(tmp_path / "r"), "--no-site", "--quiet"], capture_output=True, text=True)
+    assert out.returncode == 2 and "dummy-linear/manifest.yaml: model.weights: sha256 of weights.pt is" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()
