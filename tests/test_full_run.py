@@ -1,0 +1,39 @@
+"""The embedded default end to end (slow: 30-40 minutes on a 2-core CPU): every committed
+submission, every attack, both threats, sweeps, certificates, flags, then the site."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attacks.registry import attack_ids
+from benchmark.results import iter_results
+from benchmark.runner import RunConfig, run
+from benchmark.threats import FIXED_THREATS
+from leaderboard.site import build_site
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_full_run(results: Path, site: Path, defenses: tuple[str, ...] = ()) -> None:
+    """Run the quick profile and check that every job finished and nothing contradicts."""
+    summary = run(RunConfig(submissions_dir=ROOT / "submissions", defenses=defenses, results_dir=results),
+                  progress=False)
+    assert summary.errors == []
+    records = [r for _, r in iter_results(results)]
+    ran = {(r["defense"]["id"], r["threat"]["id"], r["attack"]["id"]) for r in records if r["kind"] == "attack"}
+    ids = {r["defense"]["id"] for r in records}
+    for d in ids:
+        for t in FIXED_THREATS:
+            missing = [a for a in attack_ids() if a != "reparam" and (d, t, a) not in ran]
+            assert not missing, (d, t, missing)
+    for r in records:
+        if r["kind"] == "flags":
+            violated = [f for f in r["flags"] if f["id"] == "certificate-violated" and f["raised"]]
+            assert not violated, (r["run_id"], violated)
+    assert build_site(results, site).is_file()
+
+
+@pytest.mark.slow
+def test_embedded_default_end_to_end(tmp_path):
+    check_full_run(tmp_path / "results", tmp_path / "site")
