@@ -200,9 +200,11 @@ class SubmissionRun:
             return rf.read_result(path)
         start = time.perf_counter()
         seed = job_seed(self.cfg.seed, run_id)
+        # Build the surrogate before seeding: building a model draws from the global RNG,
+        # and whether this worker had built it already must not change the draws below.
+        surrogate = self._surrogate() if attack_id == "transfer" else None
         torch.manual_seed(seed)
-        ctx = AttackContext(torch.Generator().manual_seed(seed),
-                            self._surrogate() if attack_id == "transfer" else None)
+        ctx = AttackContext(torch.Generator().manual_seed(seed), surrogate)
         x_adv = self.x.clone()
         todo = torch.nonzero(self.clean.correct > 0).flatten()
         infos: list[tuple[int, dict]] = []
