@@ -19,7 +19,6 @@ valid submission the runner
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import inspect
@@ -147,9 +146,7 @@ class SubmissionRun:
         self.defense = build_defense(sub, device)
         self.draws = profile.draws if self.defense.randomized else 1
         self._surrogate = surrogate
-        specs = [("model", m.model)] + [(f"defense.steps[{i}]", s)
-                                        for i, s in enumerate(m.defense.steps if m.defense else [])]
-        self.weights_sha = {k: s.sha256 for k, s in specs if s.sha256}
+        self.weights_sha = sub.weights_sha256
         self.overrides = {o.attack: o for o in m.attack_overrides}
         seed = job_seed(cfg.seed, f"{m.dataset}/{m.id}/clean")
         torch.manual_seed(seed)
@@ -543,7 +540,3 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
             run_submission(Orchestrator(jobs, cfg, sub, device, summary, bar), attacks, threats, do_sweep)
     return summary
 
-
-def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
-    """A copy of ``cfg`` with fields changed."""
-    return dataclasses.replace(cfg, **changes)

@@ -187,8 +187,3 @@ def get_threat(threat_id: str) -> ThreatModel:
     except ValueError:
         raise ValueError(f"threat {threat_id!r}: eps {eps!r} is not a number") from None
     return ThreatModel(norm, value)
-
-
-def sweep(norm: str) -> list[ThreatModel]:
-    """The accuracy-versus-ε sweep for one norm."""
-    return [ThreatModel(norm, e) for e in SWEEPS[norm]]
