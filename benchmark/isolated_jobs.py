@@ -145,12 +145,6 @@ def isolated_flags_job(cfg: RunConfig, sub_id: str, threat_id: str, attack_run_i
 
 # -- error records (parent side) ----------------------------------------------------------
 
-def _weights_sha(sub: Submission) -> dict[str, str]:
-    m = sub.manifest
-    specs = [("model", m.model)] + [(f"defense.steps[{i}]", s) for i, s in enumerate(m.defense.steps if m.defense else [])]
-    return {k: s.sha256 for k, s in specs if s.sha256}
-
-
 def _n_examples(cfg: RunConfig) -> int | None:
     from benchmark.profiles import get_profile
 
@@ -176,7 +170,7 @@ def error_job_config(cfg: RunConfig, sub: Submission, job: str, *, attack_id: st
     m = sub.manifest
     config: dict[str, Any] = {
         "schema_version": rf.SCHEMA_VERSION, "kind": "error", "job": job, "dataset": m.dataset,
-        "defense": sub.id, "manifest_sha256": sub.manifest_sha256, "weights_sha256": _weights_sha(sub),
+        "defense": sub.id, "manifest_sha256": sub.manifest_sha256, "weights_sha256": sub.weights_sha256,
         "seed": cfg.seed, "profile": cfg.profile, "n_examples": _n_examples(cfg),
         "limits": {"timeout_s": float(timeout_s), "memory_mb": int(memory_mb)}}
     if attack_id is not None:
@@ -232,7 +226,7 @@ def write_error_result(cfg: RunConfig, sub: Submission, run_id: str, outcome: Jo
         "config_hash": rf.config_hash(config), "config": config, "profile": cfg.profile, "seed": cfg.seed,
         "dataset": {"id": dataset.id, "n": len(indices), "indices": list(indices)},
         "defense": {"id": m.id, "name": m.name, "manifest_sha256": sub.manifest_sha256,
-                    "weights_sha256": _weights_sha(sub), "randomized": bool(m.properties.randomized),
+                    "weights_sha256": sub.weights_sha256, "randomized": bool(m.properties.randomized),
                     "rejects": bool(m.properties.rejects)},
         "timing": {"wall_seconds": round(outcome.seconds, 3),
                    "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},

@@ -50,9 +50,20 @@ class Submission:
         return self.manifest.id
 
     @property
+    def weights_sha256(self) -> dict[str, str]:
+        """Manifest field → sha256 of every weights file the submission declares."""
+        return {field: spec.sha256 for field, spec in factory_specs(self.manifest) if spec.sha256}
+
+    @property
     def path(self) -> Path:
         """The manifest file."""
         return self.folder / MANIFEST_NAME
+
+
+def factory_specs(m: Manifest) -> list[tuple[str, Factory]]:
+    """The model and each preprocessing step, with their manifest field names."""
+    steps = m.defense.steps if m.defense else []
+    return [("model", m.model)] + [(f"defense.steps[{i}]", s) for i, s in enumerate(steps)]
 
 
 def manifest_paths(targets: list[Path]) -> list[Path]:
@@ -210,14 +221,11 @@ def semantic_problems(sub: Submission, check_weights: bool = True) -> list[str]:
         close = difflib.get_close_matches(m.dataset, list(DATASETS), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         out.append(f"{where}: dataset: unknown dataset {m.dataset!r}{hint} (registered: {sorted(DATASETS)})")
-    specs: list[tuple[str, Factory]] = [("model", m.model)]
-    if m.defense is not None:
-        specs += [(f"defense.steps[{i}]", s) for i, s in enumerate(m.defense.steps)]
-        if m.defense.factory:
-            problem = check_factory(m.defense.factory, sub.folder)
-            if problem:
-                out.append(f"{where}: defense.factory: {problem}")
-    for field, spec in specs:
+    if m.defense is not None and m.defense.factory:
+        problem = check_factory(m.defense.factory, sub.folder)
+        if problem:
+            out.append(f"{where}: defense.factory: {problem}")
+    for field, spec in factory_specs(m):
         problem = check_factory(spec.factory, sub.folder)
         if problem:
             out.append(f"{where}: {field}.factory: {problem}")
