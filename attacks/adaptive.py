@@ -56,7 +56,7 @@ class AdaptiveView(nn.Module):
         """Logits of shape (k, N, C'): k draws of the exact defense, adapted gradients."""
         n = x.shape[0]
         h = x.repeat(self.eot, *([1] * (x.dim() - 1))) if self.eot > 1 else x
-        steps = getattr(self.defense, "steps", None)
+        steps = getattr(self.defense, "steps", None) if _is_pipeline(self.defense) else None
         if steps is None:  # a defense that is not a pipeline: differentiate it as is
             out = _connect(self.defense(h), h)
         else:
@@ -89,6 +89,20 @@ class AdaptiveView(nn.Module):
             exact = step(x)
         approx = step.approximation(x)
         return exact.detach() + approx - approx.detach()
+
+
+def _is_pipeline(defense: nn.Module) -> bool:
+    """Whether the view may apply ``defense``'s steps and classifier itself (BPDA needs
+    that): true when ``forward`` is :class:`Defense`'s ``classifier(steps(x))``. A subclass
+    that overrides ``forward`` is differentiated as a whole, unless it declares
+    ``pipeline_view = True`` (its steps and classifier are a differentiable stand-in for
+    its forward, as the noisy base classifier is for a smoothed one)."""
+    from defenses.pipeline import Defense  # here: the site imports attacks, never defenses
+
+    if isinstance(defense, Defense):
+        declared = getattr(defense, "pipeline_view", None)
+        return type(defense).forward is Defense.forward if declared is None else bool(declared)
+    return getattr(defense, "steps", None) is not None  # duck-typed pipelines (tests, plugins)
 
 
 def _channels_last(h: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,18 @@ class Attack:
     gradient_free: ClassVar[bool] = False
     #: True when the attack only applies to defenses exposing a reparameterization.
     needs_reparameterization: ClassVar[bool] = False
+    #: True for EOT variants: against a deterministic defense k draws are k copies of
+    #: one gradient, so the attack would repeat its non-EOT twin at k times the cost.
+    needs_randomness: ClassVar[bool] = False
+    #: True for BPDA variants: when every step is differentiable the BPDA view is the
+    #: raw gradient, so the attack would repeat its non-BPDA twin.
+    needs_non_differentiable: ClassVar[bool] = False
+    #: True for score-based attacks left out against randomized defenses, as AutoAttack's
+    #: ``version="rand"`` leaves out Square (Croce & Hein 2020, §4): one noisy score per
+    #: query makes the search a random walk, and EOT attacks cover these defenses.
+    deterministic_only: ClassVar[bool] = False
+    #: True when the attack only applies to defenses that may reject inputs.
+    needs_rejection: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Params:
@@ -68,16 +80,57 @@ class Attack:
         """JSON-ready id and parameters."""
         return {"id": self.id, "params": dataclasses.asdict(self.params)}
 
-    def applies_to(self, defense: nn.Module) -> bool:
-        """Whether this attack runs against ``defense`` at all."""
-        if self.needs_reparameterization:
-            return getattr(defense, "reparameterization", None) is not None
-        return True
+    def applies_to(self, defense: nn.Module, randomized: bool | None = None) -> bool:
+        """Whether this attack runs against ``defense`` at all.
+
+        Args:
+            randomized: whether the defense is randomized; None reads its declaration.
+                The runner passes "declared or observed", so a defense that hides its
+                randomness still gets the EOT attacks.
+        """
+        return self.not_applicable(defense_facts(defense, randomized)) is None
+
+    @classmethod
+    def not_applicable(cls, facts: dict[str, Any]) -> str | None:
+        """Why this attack does not run against a defense with these facts, or None when it does.
+
+        Args:
+            facts: :func:`defense_facts` of the defense (as recorded in result files).
+                A missing fact counts as unknown, and an attack that depends on it as
+                not applicable (results written before the fact was recorded).
+        """
+        def fact(name: str, default: bool) -> bool:
+            value = facts.get(name)
+            return default if value is None else bool(value)
+
+        if cls.needs_reparameterization and not fact("reparameterization", False):
+            return "the defense exposes no reparameterization"
+        if cls.needs_randomness and not fact("randomized", False):
+            return "the defense is deterministic: EOT would repeat one gradient k times"
+        if cls.needs_non_differentiable and fact("differentiable", True):
+            return "every step is differentiable: BPDA would be the raw gradient"
+        if cls.deterministic_only and fact("randomized", True):
+            return "left out against randomized defenses, as in AutoAttack's version='rand'"
+        if cls.needs_rejection and not fact("rejects", False):
+            return "the defense never rejects an input"
+        return None
 
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
             threat: ThreatModel, ctx: AttackContext) -> AttackResult:
         """Search the threat model around ``x`` for inputs ``defense`` misclassifies."""
         raise NotImplementedError
+
+
+def defense_facts(defense: nn.Module, randomized: bool | None = None) -> dict[str, bool]:
+    """What decides which attacks apply to a defense (recorded in every result file).
+
+    Args:
+        randomized: overrides the declaration (the runner passes "declared or observed").
+    """
+    rand = bool(getattr(defense, "randomized", False)) if randomized is None else bool(randomized)
+    return {"randomized": rand, "differentiable": bool(getattr(defense, "differentiable", True)),
+            "rejects": bool(getattr(defense, "rejects", False)),
+            "reparameterization": getattr(defense, "reparameterization", None) is not None}
 
 
 class Registry:

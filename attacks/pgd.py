@@ -162,6 +162,7 @@ class PGDBPDA(PGD):
     id = "pgd-bpda"
     summary = "PGD with BPDA through non-differentiable steps"
     bpda = True
+    needs_non_differentiable = True
 
 
 @ATTACKS.register
@@ -170,6 +171,7 @@ class PGDEOT(PGD):
 
     id = "pgd-eot"
     summary = "PGD with EOT over the defense's randomness"
+    needs_randomness = True
 
     @dataclass(frozen=True)
     class Params(PGD.Params):
@@ -185,3 +187,36 @@ class PGDBPDAEOT(PGDEOT):
     id = "pgd-bpda-eot"
     summary = "PGD with BPDA and EOT"
     bpda = True
+    needs_non_differentiable = True
+
+
+class BlindView(AdaptiveView):
+    """The defense as a rejection-blind attacker models it: the reject logit is dropped,
+    so the loss only asks for a wrong class and ignores whether the detector fires."""
+
+    def __init__(self, defense: nn.Module, bpda: bool = False, eot: int = 1) -> None:
+        super().__init__(defense, bpda=bpda, eot=eot)
+        self.rejects = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the real classes only, (k, N, C)."""
+        return super().forward(x)[..., :-1]
+
+
+@ATTACKS.register
+class PGDBlind(PGD):
+    """PGD on raw gradients of the class logits only, ignoring the reject option.
+
+    The attack a detector's authors typically evaluate against (Carlini & Wagner 2017,
+    "Adversarial Examples Are Not Easily Detected", §3: the zero-knowledge adversary).
+    It is scored on the real defense, where a rejected input is a failed attack, and it
+    runs only against defenses that reject, as the baseline the rejection-aware attacks
+    (every other attack folds the reject logit into its loss) are compared with.
+    """
+
+    id = "pgd-blind"
+    summary = "PGD blind to the reject option (detector-unaware baseline)"
+    needs_rejection = True
+
+    def view(self, defense: nn.Module) -> AdaptiveView:
+        return BlindView(defense, bpda=self.bpda, eot=self.params.eot)

@@ -242,6 +242,7 @@ class Square(Attack):
     id = "square"
     summary = "Square Attack, score based, 5000 queries"
     gradient_free = True
+    deterministic_only = True
 
     @dataclass(frozen=True)
     class Params:

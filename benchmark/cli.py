@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run jobs in this process (debugging; no time or memory limits)")
     r.add_argument("--job-timeout", type=float, default=None, help="wall-clock limit per job, s (default: the profile's)")
     r.add_argument("--job-memory", type=int, default=None, help="memory limit per job, MiB (default: the profile's)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="submissions attacked at once (default: one per CPU core on CPU, 1 on CUDA)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("validate", help="check manifests and weights; exit 2 on any problem")
@@ -204,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         seed=args.seed, results_dir=args.results, data_dir=args.data_dir,
                         batch_size=args.batch_size, download=args.download, sweep=False if args.no_sweep else None,
                         certify=not args.no_certify, isolate=not args.no_isolation,
-                        job_timeout_s=args.job_timeout, job_memory_mb=args.job_memory)
+                        job_timeout_s=args.job_timeout, job_memory_mb=args.job_memory, workers=args.workers)
         summary = run(cfg, progress=not args.quiet)
     except ManifestError as e:
         return _bad(e.problems)

@@ -23,7 +23,9 @@ import datetime as dt
 import hashlib
 import inspect
 import math
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from attacks.base import AttackContext
+from attacks.base import AttackContext, defense_facts
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
 from benchmark.datasets import get_dataset
@@ -82,6 +84,9 @@ class RunConfig:
     job_timeout_s: float | None = None
     #: Resident-memory limit per job in MiB (None: the profile's).
     job_memory_mb: int | None = None
+    #: Submissions attacked at once, each in its own worker (None: one per CPU core on
+    #: CPU with isolation, else 1). Results do not depend on it: every job seeds itself.
+    workers: int | None = None
 
 
 @dataclass
@@ -152,6 +157,8 @@ class SubmissionRun:
         torch.manual_seed(seed)
         self.clean: Scores = score(self.defense, self.x, self.y, self.draws)
         self.randomness = declared_randomness_check(self.defense, self.x[:16], m.properties.randomized)
+        #: Declared or observed: hidden randomness still gets the EOT attacks.
+        self.randomized = bool(self.defense.randomized or self.randomness["varied"])
 
     # -- common record fields ----------------------------------------------------------
 
@@ -159,7 +166,8 @@ class SubmissionRun:
         m = self.sub.manifest
         return {"id": m.id, "name": m.name, "manifest_sha256": self.sub.manifest_sha256,
                 "weights_sha256": self.weights_sha, "randomized": bool(self.defense.randomized),
-                "rejects": bool(getattr(self.defense, "rejects", False))}
+                "rejects": bool(getattr(self.defense, "rejects", False)),
+                "facts": defense_facts(self.defense, self.randomized)}
 
     def dataset_info(self) -> dict[str, Any]:
         return {"id": self.dataset.id, "n": len(self.indices), "indices": list(self.indices)}
@@ -186,7 +194,7 @@ class SubmissionRun:
         """Run one attack at one threat (or reuse its result) and return the record."""
         override = self.overrides.get(attack_id)
         attack = make_attack(attack_id, **(override.params if override else {}))
-        if not attack.applies_to(self.defense):
+        if not attack.applies_to(self.defense, self.randomized):
             return None
         run_id = rf.attack_run_id(self.dataset.id, self.sub.id, threat.id, attack_id)
         config = {**self.base_config("attack"), "attack": attack.describe(), "threat": threat.id,
@@ -411,7 +419,12 @@ def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatM
             points = []
             for eps in SWEEPS[norm]:
                 threat = ThreatModel(norm, eps)
-                if fixed and threat.id == fixed[0].id:
+                if eps == 0:
+                    # No perturbation is possible: the point is the clean accuracy every
+                    # record of the fixed threat carries (scored with the same draws).
+                    recs = [{"per_example": {"robust_correct": r["per_example"]["clean_correct"]}}
+                            for r in list(base.values())[:1]]
+                elif fixed and threat.id == fixed[0].id:
                     recs = [base[a] for a in chosen if a in base]
                 else:
                     recs = [r for a in chosen if (r := orch.attack(a, threat)) is not None]
@@ -491,7 +504,31 @@ def surrogate_loader(cfg: RunConfig, dataset_id: str, device: torch.device) -> C
     return load
 
 
-def job_runner(cfg: RunConfig, device: torch.device, profile: Profile) -> Any:
+def worker_plan(cfg: RunConfig, device: torch.device, n_submissions: int) -> tuple[int, int | None]:
+    """(parallel workers, torch threads per worker).
+
+    On CPU, small-batch attacks use two threads poorly, so one single-threaded worker
+    per core does more work than one worker using every core. In-process runs stay
+    sequential: jobs seed the process-wide RNG. One GPU gets one worker.
+
+    Raises:
+        ValueError: a non-positive ``cfg.workers``.
+    """
+    if cfg.workers is not None and cfg.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {cfg.workers}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not cfg.isolate:
+        workers = 1
+    elif cfg.workers is not None:
+        workers = cfg.workers
+    else:
+        workers = cores if device.type == "cpu" else 1
+    workers = max(1, min(workers, n_submissions))
+    threads = max(1, cores // workers) if workers > 1 and device.type == "cpu" else None
+    return workers, threads
+
+
+def job_runner(cfg: RunConfig, device: torch.device, profile: Profile, threads: int | None = None) -> Any:
     """Where jobs run: a child process with the profile's limits, or in-process."""
     from benchmark.isolation import InProcessRunner, JobRunner
 
@@ -499,7 +536,14 @@ def job_runner(cfg: RunConfig, device: torch.device, profile: Profile) -> Any:
     memory = cfg.job_memory_mb or profile.job_memory_mb
     if not cfg.isolate:
         return InProcessRunner(timeout, memory)
-    return JobRunner(timeout, memory, str(device), preload=("benchmark.runner",), start_method="forkserver")
+    return JobRunner(timeout, memory, str(device), preload=("benchmark.runner",), threads=threads,
+                     start_method="forkserver")
+
+
+def _cost_rank(sub: Submission) -> int:
+    """Scheduling order: randomized defenses first (EOT attacks and R scoring draws make
+    them the long ones), so that parallel workers finish together."""
+    return 0 if sub.manifest.properties.randomized else 1
 
 
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
@@ -533,10 +577,50 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     summary = RunSummary()
     rf.remove_stale_temporaries(cfg.results_dir)
     do_sweep = cfg.sweep if cfg.sweep is not None else profile.sweep
+    workers, threads = worker_plan(cfg, device, len(subs))
+    queue = sorted(subs, key=_cost_rank)  # stable: manifest order within a rank
+    lock = threading.Lock()
+
+    def next_submission() -> Submission | None:
+        with lock:
+            return queue.pop(0) if queue else None
+
+    def work(bar: Any) -> None:
+        with job_runner(cfg, device, profile, threads) as jobs:
+            while (sub := next_submission()) is not None:
+                run_submission(Orchestrator(jobs, cfg, sub, device, summary, bar), attacks, threats, do_sweep)
+
     with tqdm(total=len(threats) * len(attacks) * len(subs), desc="gauntlet", unit="job",
-              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar, \
-            job_runner(cfg, device, profile) as jobs:
-        for sub in subs:
-            run_submission(Orchestrator(jobs, cfg, sub, device, summary, bar), attacks, threats, do_sweep)
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        if workers == 1:
+            work(bar)
+        else:
+            _run_threads([lambda: work(bar)] * workers)
     return summary
+
+
+def _run_threads(targets: list[Callable[[], None]]) -> None:
+    """Run each target in a daemon thread; re-raise the first exception in this thread.
+
+    Daemon threads, not an executor: on Ctrl-C the main thread leaves at once, and the
+    worker processes die with their parent (nothing half-written is kept: result files
+    are written atomically).
+    """
+    failures: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as e:  # re-raised in the main thread below
+            failures.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(t,), name=f"gauntlet-worker-{i}", daemon=True)
+               for i, t in enumerate(targets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+    if failures:
+        raise failures[0]
 

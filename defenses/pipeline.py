@@ -43,6 +43,11 @@ class Defense(nn.Module):
         rejects: the last logit column means "reject the input".
     """
 
+    #: Whether attacks may run ``classifier(steps(x))`` themselves (BPDA, EOT) instead of
+    #: ``forward``: None = only when ``forward`` is not overridden. A subclass whose own
+    #: ``forward`` differs but whose steps and classifier stand in for it sets True.
+    pipeline_view: bool | None = None
+
     def __init__(self, classifier: nn.Module, steps: Sequence[Step] = (), rejects: bool = False) -> None:
         super().__init__()
         self.classifier = classifier

@@ -226,6 +226,10 @@ class SmoothedDefense(Defense):
         batch: rows per base-model forward pass.
     """
 
+    #: Attacks run the noisy base classifier with EOT (the soft smoothed classifier of
+    #: Salman et al. 2019), not PREDICT's counts, which have no gradient.
+    pipeline_view = True
+
     def __init__(self, classifier: nn.Module, steps: Sequence[Step] = (), sigma: float = 0.25,
                  samples: int = 100, alpha: float = 0.001, batch: int = 1000) -> None:
         if samples < 2:

@@ -112,21 +112,45 @@ def prepare_error(board: Board, dataset: str, defense: str) -> JobError | None:
     return next((e for e in board.errors(dataset, defense) if e.job == "prepare"), None)
 
 
+def defense_facts(board: Board, dataset: str, defense: str) -> dict[str, Any]:
+    """The defense facts its attack records carry (randomized, differentiable, rejects,
+    reparameterization); empty for results written before facts were recorded."""
+    for r in board.select("attack", dataset, defense):
+        facts = r.record.get("defense", {}).get("facts")
+        if facts:
+            return dict(facts)
+    return {}
+
+
+def not_applicable_attacks(board: Board, dataset: str, defense: str) -> dict[str, str]:
+    """Registered attacks that do not run against this defense, with the reason."""
+    facts = defense_facts(board, dataset, defense)
+    out = {}
+    for a, c in board.catalog.items():
+        if "not_applicable" in c:
+            reason = c["not_applicable"](facts)
+        else:  # a catalog without the rule (older or hand-made): only reparameterization is known
+            reason = "the defense exposes no reparameterization" if c.get("needs_reparameterization") else None
+        if reason is not None:
+            out[a] = reason
+    return out
+
+
 def missing_attacks(board: Board, dataset: str, defense: str, threat: str) -> list[str]:
     """Attacks expected at a threat model but without a result for this defense.
 
-    Expected: every registered attack that applies to any defense (attacks needing a
-    reparameterization are only expected when the defense has one, which the results
-    alone cannot tell, so they are not expected), plus every attack some other defense
-    of the dataset has a result or a failed job for at this threat. An attack whose job
-    failed is not missing (:func:`failed_attacks` lists it).
+    Expected: every registered attack that applies to this defense, judged from the
+    defense facts in its result files (an attack whose applicability depends on a fact
+    the results lack is not expected), plus every attack some other defense of the
+    dataset has a result or a failed job for at this threat, if it applies. An attack
+    whose job failed is not missing (:func:`failed_attacks` lists it).
     """
     present = {r.record["attack"]["id"] for r in board.select("attack", dataset, defense, threat)}
     present |= set(failed_attacks(board, dataset, defense, threat))
     others = {r.record["attack"]["id"] for r in board.select("attack", dataset, threat=threat)}
     others |= {e.name for e in board.errors(dataset, slot=threat) if e.is_attack_slot}
-    expected = {a for a, c in board.catalog.items() if not c.get("needs_reparameterization")}
-    expected |= {a for a in others if not board.catalog.get(a, {}).get("needs_reparameterization")}
+    skipped = not_applicable_attacks(board, dataset, defense)
+    expected = (set(board.catalog) | others) - set(skipped)
     return attack_order(board, sorted(expected - present))
 
 

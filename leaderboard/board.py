@@ -71,7 +71,7 @@ class Board:
         results_dir: the folder read.
         runs: every result file, sorted by path.
         manifests: manifest facts per (dataset, defense), a JSON-ready dict.
-        catalog: attack id → {summary, params, gradient_free, needs_reparameterization},
+        catalog: attack id → {summary, params, gradient_free, needs_reparameterization, not_applicable(facts) -> reason or None},
             in registry order (the methodology page and the missing-attack rule).
     """
 
@@ -214,7 +214,8 @@ def attack_catalog() -> dict[str, dict[str, Any]]:
         cls = ATTACKS.get(attack_id)
         out[attack_id] = {"summary": cls.summary, "params": make_attack(attack_id).describe()["params"],
                           "gradient_free": bool(cls.gradient_free),
-                          "needs_reparameterization": bool(cls.needs_reparameterization)}
+                          "needs_reparameterization": bool(cls.needs_reparameterization),
+                          "not_applicable": cls.not_applicable}
     return out
 
 

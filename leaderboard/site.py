@@ -269,6 +269,7 @@ def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -
             "wc": None if build else agg.worst_case(board, dataset, defense, threat),
             "failed": agg.failed_attacks(board, dataset, defense, threat),
             "missing": [] if build else agg.missing_attacks(board, dataset, defense, threat),
+            "not_applicable": {} if build else agg.not_applicable_attacks(board, dataset, defense),
             "flags": agg.flags(board, dataset, defense, threat),
             "flags_error": next((e for e in board.errors(dataset, defense, threat) if e.name == "flags"), None),
             "certified": None if build else agg.certified(board, dataset, defense, threat),

@@ -77,7 +77,8 @@ def test_killed_run_resumes_to_the_same_files(submissions, tmp_path):
     """SIGKILL part-way: no partial file is visible, and a re-run completes identically."""
     results = tmp_path / "killed"
     cmd = [sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions), "--results",
-           str(results), "--n-examples", "30", "--threat", "linf-0.1", "--no-sweep", "--no-site", "--quiet"]
+           str(results), "--n-examples", "30", "--threat", "linf-0.1", "--no-sweep", "--no-site", "--quiet",
+           "--workers", "1"]
     for a in ATTACKS:
         cmd += ["--attack", a]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -118,3 +119,21 @@ def test_cli_run_refuses_tampered_weights_before_running_anything(submissions, t
                           "--results", str(tmp_path / "r"), "--no-site", "--quiet"], capture_output=True, text=True)
     assert out.returncode == 2 and "dummy-linear/manifest.yaml: model.weights: sha256 of weights.pt is" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()
+
+
+def test_parallel_workers_give_the_same_numbers(submissions, tmp_path):
+    """Two single-threaded workers, one submission each, write what one in-process run writes
+    (only the recorded thread count differs): every job seeds itself from its run id."""
+    parallel = _run(submissions, tmp_path / "parallel", attacks=("fgsm", "pgd"), isolate=True, workers=2)
+    _run(submissions, tmp_path / "serial", attacks=("fgsm", "pgd"))
+
+    def numbers(root: Path) -> dict:
+        out = {}
+        for p, r in iter_results(root):
+            env = {k: v for k, v in r["environment"].items() if k != "threads"}
+            out[p.relative_to(root)] = {**_stable(r), "environment": env}
+        return out
+
+    assert parallel.errors == []
+    got, want = numbers(tmp_path / "parallel"), numbers(tmp_path / "serial")
+    assert got == want and len(got) == 8

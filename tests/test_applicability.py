@@ -1,0 +1,116 @@
+"""Which attacks run against which defense: the rule the runner and the site share."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks.base import defense_facts
+from attacks.registry import attack_ids, make_attack
+from defenses.models import LinearClassifier
+from defenses.pipeline import Defense, Step
+from defenses.preprocess import Quantize
+from defenses.randomized import RandomCropRescale
+from leaderboard import aggregate as agg
+
+
+class Detector(Defense):
+    """A defense with a reject logit (its value is irrelevant here)."""
+
+    def __init__(self) -> None:
+        super().__init__(LinearClassifier(784, 10), rejects=True)
+
+
+def _runs_against(defense) -> set[str]:
+    return {a for a in attack_ids() if make_attack(a).applies_to(defense)}
+
+
+def test_deterministic_differentiable_defense_gets_no_eot_or_bpda_variant():
+    runs = _runs_against(Defense(LinearClassifier(784, 10)))
+    assert {"pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "random", "transfer"} <= runs
+    assert not runs & {"pgd-bpda", "pgd-eot", "pgd-bpda-eot", "reparam", "pgd-blind"}
+
+
+def test_shattered_defense_gets_bpda_and_square_but_no_eot():
+    runs = _runs_against(Defense(LinearClassifier(784, 10), [Quantize(4)]))
+    assert {"pgd-bpda", "square"} <= runs and not runs & {"pgd-eot", "pgd-bpda-eot"}
+
+
+def test_randomized_defense_gets_eot_and_no_square():
+    runs = _runs_against(Defense(LinearClassifier(576, 10),
+                                 [RandomCropRescale(24)]))
+    assert {"pgd-eot"} <= runs and "square" not in runs
+
+
+def test_observed_randomness_overrides_the_declaration():
+    """A defense that hides its randomness still gets EOT: the runner passes 'declared or observed'."""
+    quiet = Defense(LinearClassifier(784, 10))
+    assert not make_attack("pgd-eot").applies_to(quiet)
+    assert make_attack("pgd-eot").applies_to(quiet, randomized=True)
+    assert not make_attack("square").applies_to(quiet, randomized=True)
+
+
+def test_every_skip_has_a_reason_and_unknown_facts_skip_only_dependent_attacks():
+    facts = defense_facts(Defense(LinearClassifier(784, 10), [Quantize(4)]))
+    assert facts == {"randomized": False, "differentiable": False, "rejects": False, "reparameterization": False}
+    reasons = {a: make_attack(a).not_applicable(facts) for a in attack_ids()}
+    assert reasons["pgd-eot"] and "deterministic" in reasons["pgd-eot"]
+    assert reasons["pgd-bpda"] is None and reasons["square"] is None
+    unknown = {a: make_attack(a).not_applicable({}) for a in attack_ids()}
+    assert unknown["pgd"] is None and unknown["fgsm"] is None
+    assert unknown["pgd-eot"] and unknown["square"] and unknown["reparam"]
+
+
+def test_site_does_not_call_an_inapplicable_attack_missing(submissions, tmp_path):
+    """A run records the defense's facts: against the deterministic, differentiable
+    dummy-linear the EOT and BPDA variants are 'not applicable', not 'missing'."""
+    from benchmark.runner import RunConfig, run
+
+    run(RunConfig(submissions_dir=submissions, defenses=("dummy-linear",), attacks=("fgsm", "pgd-eot"),
+                  threats=("linf-0.031",), n_examples=10, results_dir=tmp_path, sweep=False, isolate=False),
+        progress=False)
+    assert not list(tmp_path.rglob("pgd-eot.json"))
+    board = agg.load_board(tmp_path)
+    skipped = agg.not_applicable_attacks(board, "mnist-embedded", "dummy-linear")
+    assert {"pgd-bpda", "pgd-eot", "pgd-bpda-eot", "reparam", "pgd-blind"} == set(skipped)
+    missing = agg.missing_attacks(board, "mnist-embedded", "dummy-linear", "linf-0.031")
+    assert "pgd-eot" not in missing and {"square", "apgd-ce"} <= set(missing)
+
+
+class DistanceDetector(Defense):
+    """A linear classifier with a detector that rejects inputs far from every reference
+    (clean) input. The class logits are shifted to a maximum of 0 and the reject logit is
+    500·(RMS distance to the nearest reference − threshold): argmax is "reject" exactly
+    when the distance exceeds the threshold, and the two parts have separate gradients."""
+
+    def __init__(self, classifier: torch.nn.Module, reference: torch.Tensor, threshold: float) -> None:
+        super().__init__(classifier, rejects=True)
+        self.reference, self.threshold = reference.flatten(1), threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(x)
+        dist = torch.cdist(x.flatten(1), self.reference).amin(1) / self.reference.shape[1] ** 0.5
+        shifted = logits - logits.amax(1, keepdim=True)
+        return torch.cat([shifted, (500.0 * (dist - self.threshold)).unsqueeze(1)], 1)
+
+
+def test_rejection_aware_pgd_evades_a_detector_the_blind_one_trips(one_thread):
+    """pgd-blind ignores the reject logit and moves every pixel by ε, which the detector
+    sees; pgd folds the reject logit into its loss and stays under the threshold."""
+    from attacks.base import AttackContext
+    from benchmark.scoring import score
+    from benchmark.threats import ThreatModel
+
+    torch.manual_seed(0)
+    clf = LinearClassifier(784, 10)
+    x = torch.rand(32, 1, 28, 28) * 0.8 + 0.1
+    y = clf(x).argmax(1)
+    threat = ThreatModel("linf", 0.1)
+    defense = DistanceDetector(clf, x, threshold=0.04).eval()
+    out = {}
+    for a in ("pgd", "pgd-blind"):
+        x_adv = make_attack(a).run(defense, x, y, threat, AttackContext(torch.Generator().manual_seed(0))).x_adv
+        s = score(defense, x_adv, y, 1)
+        out[a] = (float(s.survives.mean()), float(s.rejected.mean()))
+    assert score(defense, x, y, 1).rejected.sum() == 0
+    assert out["pgd-blind"][1] > 0.5, out  # blind: most adversarial inputs are rejected
+    assert out["pgd"][0] < out["pgd-blind"][0] - 0.3, out
