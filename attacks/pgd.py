@@ -36,7 +36,10 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
         (x_best, info) with ``info["zero_grad_fraction"]``: among the examples attacked
         (those a deterministic defense already misclassifies are not, under early
         stopping), the share whose first gradient, at their starting point, was zero or
-        non-finite (the ``zero-gradients`` flag).
+        non-finite (the ``zero-gradients`` flag); for a randomized defense also
+        ``info["gradient_draw_cosine"]``: the median cosine similarity between that
+        gradient and a second one drawn at the same points (the ``stochastic-gradients``
+        flag; one extra gradient query).
 
     Cost: ``restarts × steps`` gradient queries plus one forward pass per restart (the
     last point) and one for the clean point when starting at random; an example that a
@@ -50,6 +53,7 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
     if random_start:  # the clean point competes too (without a random start, step 1 is at x)
         best.update(x, evaluate(view, x, y, loss, grad=False).margin)
     zero: torch.Tensor | None = None  # per attacked example: first gradient zero/non-finite
+    cosine: torch.Tensor | None = None  # per attacked example: cos(∇ draw 1, ∇ draw 2) at the start
     for restart in range(restarts):
         active = torch.arange(len(x), device=x.device)
         if drop and (random_start or restart > 0):
@@ -64,6 +68,8 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
             best.update(xa, ev.margin, active)
             if zero is None:
                 zero = _zero_rows(ev.grad)
+                if stochastic:  # a second draw at the same points: how noisy is one gradient?
+                    cosine = _draw_cosine(ev.grad, evaluate(view, xa, y0, loss).grad)
             g = ev.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             if box is None:
                 xa = threat.project(xa + threat.step(g, alpha), x0)
@@ -80,7 +86,17 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
         if len(active):
             best.update(xa, evaluate(view, xa, y0, loss, grad=False).margin, active)
     fraction = float(zero.float().mean()) if zero is not None else 0.0
-    return best.x, {"zero_grad_fraction": fraction}
+    info: dict = {"zero_grad_fraction": fraction}
+    if cosine is not None:
+        finite = cosine[torch.isfinite(cosine)]
+        info["gradient_draw_cosine"] = float(finite.median()) if len(finite) else None
+    return best.x, info
+
+
+def _draw_cosine(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """Per row, the cosine similarity of two gradient estimates (NaN where one is zero)."""
+    a, b = g1.flatten(1).double(), g2.flatten(1).double()
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 def _linf_box(threat: ThreatModel, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

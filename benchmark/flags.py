@@ -23,6 +23,8 @@ WHITE_BOX = ("fgsm", "pgd", "pgd-bpda", "pgd-eot", "pgd-bpda-eot", "apgd-ce", "a
 BLACK_BOX = ("square", "transfer", "random")
 #: Iterative attacks on raw gradients FGSM is compared with.
 ITERATIVE_RAW = ("pgd",)
+#: Attacks that adapt to the defense (BPDA, EOT, reparameterization), compared with naive PGD.
+ADAPTIVE = ("pgd-bpda", "pgd-eot", "pgd-bpda-eot", "reparam")
 
 FLAG_DOCS: dict[str, str] = {
     "one-step-beats-iterative":
@@ -42,6 +44,14 @@ FLAG_DOCS: dict[str, str] = {
     "zero-gradients":
         "More than 5% of examples have zero or non-finite input gradients under raw PGD: "
         "shattered or vanishing gradients.",
+    "adaptive-beats-naive":
+        "An adaptive attack (BPDA, EOT or reparameterization) breaks examples that naive PGD on raw "
+        "gradients did not, and lowers accuracy by at least 5 points: the raw gradients mislead, the "
+        "central symptom of Athalye et al. (2018).",
+    "stochastic-gradients":
+        "The defense is randomized and two draws of its input gradient at the same points point in "
+        "different directions (median cosine similarity below 0.9): a single-draw gradient is a noisy "
+        "estimate, so attacks need expectation over transformation (Athalye et al. 2018, §4.2).",
     "undeclared-randomness":
         "The manifest declares the defense deterministic, but two identical calls gave different outputs.",
     "certificate-violated":
@@ -51,6 +61,8 @@ FLAG_DOCS: dict[str, str] = {
 }
 
 ZERO_GRAD_THRESHOLD = 0.05
+ADAPTIVE_GAP = 0.05
+COSINE_THRESHOLD = 0.9
 UNBOUNDED_THRESHOLD = 0.01
 MONOTONE_TOLERANCE = 0.02
 
@@ -125,6 +137,17 @@ def compute_flags(attacks: dict[str, dict], *, unbounded: dict | None = None,
         frac = float(attacks["pgd"]["info"]["zero_grad_fraction"])
         flags.append(_flag("zero-gradients", frac > ZERO_GRAD_THRESHOLD, fraction=frac,
                            threshold=ZERO_GRAD_THRESHOLD))
+    if "pgd" in attacks and any(a in attacks for a in ADAPTIVE):
+        extra = int((_union(attacks, ADAPTIVE, n) & ~broken(attacks["pgd"])).sum())
+        naive = float(attacks["pgd"]["summary"]["robust_accuracy"])
+        best = min(float(attacks[a]["summary"]["robust_accuracy"]) for a in ADAPTIVE if a in attacks)
+        flags.append(_flag("adaptive-beats-naive", extra >= need and naive - best >= ADAPTIVE_GAP,
+                           examples=extra, threshold=need, naive_accuracy=naive, adaptive_accuracy=best,
+                           min_gap=ADAPTIVE_GAP, n=n))
+    cosine = attacks["pgd"].get("info", {}).get("gradient_draw_cosine") if "pgd" in attacks else None
+    if cosine is not None:
+        flags.append(_flag("stochastic-gradients", float(cosine) < COSINE_THRESHOLD, median_cosine=float(cosine),
+                           threshold=COSINE_THRESHOLD))
     if randomness is not None:
         raised = (not randomness["declared"]) and randomness["varied"]
         flags.append(_flag("undeclared-randomness", raised, declared_randomized=randomness["declared"],
