@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from benchmark.threats import SWEEPS
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -24,6 +26,8 @@ class Profile:
     certify_n: int | None
     #: Run the accuracy-versus-ε sweeps.
     sweep: bool
+    #: The sweeps' ε per norm (each includes 0 and the fixed threat's ε).
+    sweeps: dict[str, tuple[float, ...]]
     #: Wall-clock limit per job, seconds.
     job_timeout_s: float
     #: Resident-memory limit per job, MiB.
@@ -36,13 +40,21 @@ class Profile:
         return asdict(self)
 
 
+#: The quick profile's sweeps: the points the seed's pattern is read at (ℓ∞ 0.1 and 0.3),
+#: the fixed threats, and enough others for the monotonicity flag.
+QUICK_SWEEPS: dict[str, tuple[float, ...]] = {
+    "linf": (0.0, 0.01, 0.031, 0.1, 0.3),
+    "l2": (0.0, 0.005, 0.02, 0.05),
+}
+
 PROFILES: dict[str, Profile] = {
     p.name: p for p in (
-        Profile("quick", 20, 10, 10_000, True, 3600.0, 8192,
+        Profile("quick", 20, 10, 10_000, True, QUICK_SWEEPS, 3600.0, 8192,
                 "Embedded default on a 2-core CPU: the first 20 test examples (class-balanced, "
-                "so accuracies move in steps of 0.05), n = 10,000 noise samples per certificate."),
-        Profile("full", None, 10, None, True, 12 * 3600.0, 16384,
-                "Nightly: every test example, the manifests' n (default 100,000)."),
+                "so accuracies move in steps of 0.05), n = 10,000 noise samples per certificate, "
+                "coarser ε sweeps."),
+        Profile("full", None, 10, None, True, SWEEPS, 12 * 3600.0, 16384,
+                "Nightly: every test example, the manifests' n (default 100,000), the full ε sweeps."),
     )
 }
 

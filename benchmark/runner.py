@@ -43,7 +43,7 @@ from benchmark.flags import compute_flags
 from benchmark.profiles import Profile, get_profile
 from benchmark.registry import Submission, build_defense, manifest_paths, validate
 from benchmark.scoring import Scores, declared_randomness_check, score
-from benchmark.threats import FIXED_THREATS, SWEEPS, ThreatModel, get_threat
+from benchmark.threats import FIXED_THREATS, ThreatModel, get_threat
 
 
 @dataclass(frozen=True)
@@ -393,8 +393,9 @@ class Orchestrator:
         self._record(self._call(FLAGS_JOB, args, "flags", run_id, threat_id=threat.id))
 
 
-def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatModel], do_sweep: bool) -> None:
-    """All jobs of one submission: attacks, ε = ∞, sweeps, certificate, flags."""
+def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatModel],
+                   sweep_eps: dict[str, tuple[float, ...]] | None) -> None:
+    """All jobs of one submission: attacks, ε = ∞, sweeps (None: none), certificate, flags."""
     cfg, sub = orch.cfg, orch.sub
     _write_manifest_facts(sub, cfg.results_dir)
     planned = [rf.attack_run_id(orch.dataset, sub.id, t.id, a) for t in threats for a in attacks]
@@ -411,13 +412,13 @@ def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatM
                 recs[a] = rec
     unbounded = orch.attack("pgd", get_threat("linf-inf")) if "pgd" in attacks else None
     sweeps: dict[str, list[tuple[float, float]]] = {}
-    if do_sweep:
+    if sweep_eps:
         for norm in ("linf", "l2"):
             fixed = [t for t in threats if t.norm == norm]
             base = by_threat.get(fixed[0].id, {}) if fixed else {}
             chosen = list(dict.fromkeys(a for a in ("pgd", strongest_attack(base)) if a and a in attacks))
             points = []
-            for eps in SWEEPS[norm]:
+            for eps in sweep_eps.get(norm, ()):
                 threat = ThreatModel(norm, eps)
                 if eps == 0:
                     # No perturbation is possible: the point is the clean accuracy every
@@ -588,7 +589,8 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     def work(bar: Any) -> None:
         with job_runner(cfg, device, profile, threads) as jobs:
             while (sub := next_submission()) is not None:
-                run_submission(Orchestrator(jobs, cfg, sub, device, summary, bar), attacks, threats, do_sweep)
+                run_submission(Orchestrator(jobs, cfg, sub, device, summary, bar), attacks, threats,
+                               profile.sweeps if do_sweep else None)
 
     with tqdm(total=len(threats) * len(attacks) * len(subs), desc="gauntlet", unit="job",
               disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:

@@ -127,9 +127,9 @@ def not_applicable_attacks(board: Board, dataset: str, defense: str) -> dict[str
     facts = defense_facts(board, dataset, defense)
     out = {}
     for a, c in board.catalog.items():
-        if "not_applicable" in c:
+        if facts and "not_applicable" in c:
             reason = c["not_applicable"](facts)
-        else:  # a catalog without the rule (older or hand-made): only reparameterization is known
+        else:  # results without facts, or a hand-made catalog: only reparameterization is known
             reason = "the defense exposes no reparameterization" if c.get("needs_reparameterization") else None
         if reason is not None:
             out[a] = reason

@@ -70,8 +70,9 @@ def sweep_curve(board: Board, dataset: str, defense: str, norm: str) -> pd.DataF
         wc = worst_case(board, dataset, defense, t)
         rows.append({"eps": tm.eps, "threat": t, "worst_case": wc.accuracy, "attacks": len(wc.attacks),
                      "pgd": wc.per_attack.get(NAIVE_ATTACK, math.nan), "failed": len(wc.failed)})
-    if rows and not any(row["eps"] == 0 for row in rows):
-        # ε = 0 is not attacked (no perturbation is possible): it is the clean accuracy.
+    if len(rows) > 1 and not any(row["eps"] == 0 for row in rows):
+        # A sweep ran. Its ε = 0 is not attacked (no perturbation is possible): it is the
+        # clean accuracy.
         clean = next(r for r in board.select("attack", dataset, defense) if get_threat(r.threat).norm == norm)
         scores = clean.record["per_example"]["clean_correct"]
         acc = float(sum(scores) / len(scores)) if scores else math.nan

@@ -20,7 +20,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from benchmark.datasets import DATASETS
-from benchmark.threats import FIXED_THREATS, SWEEPS, get_threat
+from benchmark.profiles import PROFILES
+from benchmark.threats import FIXED_THREATS, get_threat
 from leaderboard import aggregate as agg
 from leaderboard import details, plots
 
@@ -250,7 +251,7 @@ def _methodology_context(board: agg.Board) -> dict[str, Any]:
         threats.append({"id": threat, "title": THREAT_TITLE[threat], "radii": [
             {"dataset": d.id, "dim": d.dim, "raw": tm.radius(d.dim), "l2": tm.l2_radius(d.dim)}
             for d in DATASETS.values()]})
-    return {"threats": threats, "sweeps": SWEEPS, "catalog": board.catalog, "flag_docs": agg.flag_docs(board),
+    return {"threats": threats, "sweeps": {p.name: p.sweeps for p in PROFILES.values()}, "catalog": board.catalog, "flag_docs": agg.flag_docs(board),
             "gap_tolerance": agg.GAP_TOLERANCE, "naive": agg.NAIVE_ATTACK, "title": "Methodology"}
 
 
