@@ -26,6 +26,8 @@ from benchmark.summary import md
 
 START = "<!-- gauntlet:table:start -->"
 END = "<!-- gauntlet:table:end -->"
+#: The naive attack of a defense that rejects inputs: PGD blind to the reject option.
+BLIND_ATTACK = "pgd-blind"
 #: ε-sweep points shown beside the fixed threats when any defense has results there.
 SWEEP_POINTS = ("linf-0.1", "linf-0.3")
 _TITLE = {"linf-0.031": "ℓ∞ ε = 0.031", "l2-0.005": "ℓ2 ε = 0.005 (RMS)", "linf-0.1": "ℓ∞ ε = 0.1",
@@ -51,7 +53,12 @@ def _cell(board: Any, dataset: str, defense: str, threat: str, notes: set[str]) 
             notes.add("failed")
             return f"– (all {len(failed)} attacks failed ⚠)"
         return "–"
-    text = f"{_pct(wc.per_attack.get(agg.NAIVE_ATTACK))} → **{_pct(wc.accuracy)}** ({md(wc.strongest)})"
+    naive = agg.NAIVE_ATTACK
+    if BLIND_ATTACK in wc.per_attack:  # a detector: the naive evaluation ignores rejection
+        naive = BLIND_ATTACK
+        notes.add("blind")
+    text = f"{_pct(wc.per_attack.get(naive))}{' ‡' if naive == BLIND_ATTACK else ''} → **{_pct(wc.accuracy)}** " \
+           f"({md(wc.strongest)})"
     if agg.reduced_budgets(board, dataset, defense, threat):
         notes.add("reduced")
         text += " †"
@@ -105,6 +112,9 @@ def render_table(results_dir: Path) -> str:
             "over every attack run at that threat, then the mean (it can be lower than any single attack); in "
             "parentheses the strongest single attack. Sweep points run only `pgd` and the strongest attack of the "
             "fixed threat."]
+    if "blind" in notes:
+        out += ["", f"‡ the defense rejects inputs: naive = `{BLIND_ATTACK}`, PGD blind to the reject option (a "
+                "rejected adversarial input counts as a defense win); every other attack is rejection-aware."]
     if "reduced" in notes:
         out += ["", "† some attack ran with a reduced budget declared in the manifest (reason on the site)."]
     if "failed" in notes:

@@ -333,6 +333,8 @@ class Orchestrator:
         self.summary, self.progress = summary, progress
         self.dataset = sub.manifest.dataset
         self.indices: list[int] | None = None
+        #: The defense may reject inputs (known after :meth:`prepare`).
+        self.rejects = False
 
     def _call(self, fn: str, args: tuple, job: str, run_id: str, attack_id: str | None = None,
               threat_id: str | None = None) -> dict | None:
@@ -361,6 +363,7 @@ class Orchestrator:
         out = self.jobs.run(PREPARE_JOB, (self.cfg, self.sub.id))
         if out.ok:
             self.indices = out.value["indices"]
+            self.rejects = bool(out.value["rejects"])
             return True
         config = error_job_config(self.cfg, self.sub, "prepare", timeout_s=self.jobs.timeout_s,
                                   memory_mb=self.jobs.memory_mb)
@@ -416,7 +419,10 @@ def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatM
         for norm in ("linf", "l2"):
             fixed = [t for t in threats if t.norm == norm]
             base = by_threat.get(fixed[0].id, {}) if fixed else {}
-            chosen = list(dict.fromkeys(a for a in ("pgd", strongest_attack(base)) if a and a in attacks))
+            # Naive PGD (and, against a detector, the rejection-blind baseline) and the
+            # strongest attack at the fixed threat.
+            naive = ("pgd", "pgd-blind") if orch.rejects else ("pgd",)
+            chosen = list(dict.fromkeys(a for a in (*naive, strongest_attack(base)) if a and a in attacks))
             points = []
             for eps in sweep_eps.get(norm, ()):
                 threat = ThreatModel(norm, eps)
