@@ -106,6 +106,14 @@ class AttackOverride(_Strict):
     reason: str = Field(min_length=10, description="Why the default budget cannot run.")
 
 
+class ExampleLimit(_Strict):
+    """Fewer evaluation examples in one run profile, shown on the leaderboard with its reason."""
+
+    profile: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="Run profile it applies to, e.g. 'quick'.")
+    n: int = Field(ge=1, description="At most this many test examples (the first n of the evaluation order).")
+    reason: str = Field(min_length=10, description="Why the profile's example count cannot run.")
+
+
 class Train(_Strict):
     """How the weights were made: ``gauntlet train <id>`` runs it."""
 
@@ -128,6 +136,8 @@ class Manifest(_Strict):
     claims: list[Claim] = Field(default_factory=list, description="Accuracies the authors report.")
     certify: Certificate | None = Field(default=None, description="A certificate to compute, if claimed.")
     attack_overrides: list[AttackOverride] = Field(default_factory=list, description="Reduced budgets, with reasons.")
+    example_limits: list[ExampleLimit] = Field(default_factory=list,
+                                               description="Fewer examples in a run profile, with reasons.")
     train: Train | None = Field(default=None, description="The training recipe.")
     notes: str | None = Field(default=None, description="Free text shown on the defense's page (e.g. what was scaled).")
 

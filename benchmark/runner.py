@@ -144,6 +144,9 @@ class SubmissionRun:
         m = sub.manifest
         self.dataset = get_dataset(m.dataset)
         n = cfg.n_examples if cfg.n_examples is not None else profile.n_examples
+        limit = next((lim.n for lim in m.example_limits if lim.profile == profile.name), None)
+        if limit is not None:  # the manifest's declared maximum for this profile, reason on the site
+            n = limit if n is None else min(n, limit)
         x, y = self.dataset.split("test", cfg.data_dir, download=cfg.download)
         self.indices = self.dataset.eval_indices(n, cfg.data_dir)
         self.x = x[self.indices].to(device)

@@ -98,7 +98,7 @@ def save_weights(sub: Submission, model: nn.Module) -> str:
     digest = sha256_file(path)
     text = sub.path.read_text(encoding="utf-8")
     # [ \t] not \s: an empty value must not let the match run into the next line.
-    new, count = re.subn(r"(?m)^(  sha256:[ \t]*)\S*[ \t]*$", rf"\g<1>{digest}", text, count=1)
+    new, count = re.subn(r"(?m)^(  sha256:)[ \t]*\S*[ \t]*$", rf"\g<1> {digest}", text, count=1)
     if count != 1:
         raise ValueError(f"{sub.path}: model.sha256: no '  sha256:' line under model to update")
     sub.path.write_text(new, encoding="utf-8")
