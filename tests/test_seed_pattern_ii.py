@@ -63,3 +63,13 @@ def test_cascade_adversarial_training_holds_like_adversarial_training(tmp_path):
     print("linf-0.1 pgd: cascade", cascade, "madry", madry, "standard", standard)
     assert cascade >= standard + 0.15
     assert raised(tmp_path, "na2018-cascade-at", "linf-0.1") == set()
+
+
+def test_lid_detector_holds_against_the_blind_attack_and_falls_to_the_aware_one(tmp_path):
+    _run(tmp_path, ("ma2018-lid",), ("pgd", "pgd-blind"), ("linf-0.3",), 10)
+    blind = read_result(tmp_path / "mnist-embedded/ma2018-lid/linf-0.3/pgd-blind.json")["summary"]
+    aware = read_result(tmp_path / "mnist-embedded/ma2018-lid/linf-0.3/pgd.json")["summary"]
+    print("ma2018-lid linf-0.3 blind", blind, "aware", aware)
+    assert blind["adv_rejection_rate"] >= 0.3  # the detector catches the blind attack...
+    assert aware["robust_accuracy"] <= blind["robust_accuracy"] - 0.3  # ...and is evaded by the aware one
+    assert aware["robust_accuracy"] <= 0.1
