@@ -82,3 +82,23 @@ def test_pgd_at_rejects_bad_arguments() -> None:
 
     with pytest.raises(ValueError):
         pgd_at(_job("madry2018-pgd-at", n=8), eps=-1.0)
+
+
+def test_save_weights_fills_an_empty_sha256_line(tmp_path) -> None:
+    """A new submission has no digest yet: ``sha256:`` becomes ``sha256: <hex>``, valid YAML."""
+    import shutil
+
+    from benchmark.manifest import sha256_file
+    from benchmark.training import save_weights
+
+    folder = tmp_path / "standard-cnn-mnist"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "submissions" / "standard-cnn-mnist", folder)
+    manifest = folder / "manifest.yaml"
+    text = manifest.read_text()
+    manifest.write_text("\n".join("  sha256:" if line.startswith("  sha256:") else line
+                                  for line in text.splitlines()) + "\n")
+    sub = load_submission(manifest)
+    model = resolve(sub.manifest.model.factory, sub.folder, sub.id)(**sub.manifest.model.args)
+    digest = save_weights(sub, model)
+    again = load_submission(manifest)
+    assert again.manifest.model.sha256 == digest == sha256_file(folder / "weights.pt")
