@@ -44,7 +44,7 @@ class Profile:
 #: the fixed threats, and enough others for the monotonicity flag.
 QUICK_SWEEPS: dict[str, tuple[float, ...]] = {
     "linf": (0.0, 0.01, 0.031, 0.1, 0.3),
-    "l2": (0.0, 0.005, 0.02, 0.05),
+    "l2": (0.0, 0.005, 0.05),
 }
 
 PROFILES: dict[str, Profile] = {

@@ -551,9 +551,13 @@ def job_runner(cfg: RunConfig, device: torch.device, profile: Profile, threads: 
 
 
 def _cost_rank(sub: Submission) -> int:
-    """Scheduling order: randomized defenses first (EOT attacks and R scoring draws make
-    them the long ones), so that parallel workers finish together."""
-    return 0 if sub.manifest.properties.randomized else 1
+    """Scheduling order, so that parallel workers finish together: first the defenses that
+    declare themselves expensive (an example limit), then randomized or rejecting ones
+    (EOT attacks, R scoring draws, detectors), then the rest."""
+    m = sub.manifest
+    if m.example_limits:
+        return 0
+    return 1 if m.properties.randomized or m.properties.rejects else 2
 
 
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
