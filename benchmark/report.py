@@ -110,8 +110,8 @@ def render_table(results_dir: Path) -> str:
         out.append("| (no results) |" + " |" * (len(header) - 1))
     out += ["", f"Naive = `{agg.NAIVE_ATTACK}` alone (PGD on raw gradients); worst case = per example, the minimum "
             "over every attack run at that threat, then the mean (it can be lower than any single attack); in "
-            "parentheses the strongest single attack. Sweep points run only `pgd` and the strongest attack of the "
-            "fixed threat."]
+            "parentheses the strongest single attack. Sweep points run only `pgd` (and `pgd-blind` against a "
+            "defense that rejects) and the strongest attack of the fixed threat."]
     if "blind" in notes:
         out += ["", f"‡ the defense rejects inputs: naive = `{BLIND_ATTACK}`, PGD blind to the reject option (a "
                 "rejected adversarial input counts as a defense win); every other attack is rejection-aware."]
