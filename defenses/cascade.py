@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.recipes import batches
+from defenses.recipes import batches, cross_entropy_epochs
 
 if TYPE_CHECKING:
     from benchmark.training import TrainingJob
@@ -91,13 +91,7 @@ def cascade_at(job: TrainingJob, eps: float = 0.1, source: str = "madry2018-pgd-
     del source_defense
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(pretrain_epochs):
-        model.train()
-        for idx in batches(len(x), batch_size, job.generator):
-            loss = F.cross_entropy(defense(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    cross_entropy_epochs(opt, model, defense, x, y, pretrain_epochs, batch_size, job.generator)
 
     last_linear = _last_linear(model) if pivot_weight > 0 else None
     for _ in range(epochs):

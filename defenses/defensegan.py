@@ -35,7 +35,7 @@ from torch import nn
 
 from defenses.models import SmallCNN
 from defenses.pipeline import Defense, Step
-from defenses.recipes import batches
+from defenses.recipes import batches, cross_entropy_epochs
 
 
 class Decoder(nn.Module):
@@ -283,11 +283,6 @@ def recipe(job, vae_epochs: int = 40, vae_lr: float = 1e-3, epochs: int = 8, lr:
             loss.backward()
             opt.step()
     opt = torch.optim.Adam(model.classifier.parameters(), lr=lr)
-    for _ in range(epochs):
-        for idx in batches(len(x), batch_size, job.generator):
-            loss = F.cross_entropy(model.classifier(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    cross_entropy_epochs(opt, model.classifier, model.classifier, x, y, epochs, batch_size, job.generator)
     model.eval()
     return model

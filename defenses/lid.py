@@ -44,7 +44,7 @@ from torch import nn
 
 from defenses.models import SmallCNN
 from defenses.pipeline import Defense, Step
-from defenses.recipes import batches
+from defenses.recipes import cross_entropy_epochs
 
 if TYPE_CHECKING:
     from benchmark.training import TrainingJob
@@ -374,13 +374,7 @@ def lid_recipe(job: TrainingJob, epochs: int = 8, lr: float = 1e-3, batch_size: 
 
     # 1. the classifier
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    for _ in range(epochs):
-        clf.train()
-        for idx in batches(len(x), batch_size, gen):
-            loss = F.cross_entropy(clf(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    cross_entropy_epochs(opt, clf, clf, x, y, epochs, batch_size, gen)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -30,13 +30,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from defenses.models import SmallCNN
 from defenses.pipeline import Defense, Step
 from defenses.pixelcnn import PixelCNN
-from defenses.recipes import batches
+from defenses.recipes import batches, cross_entropy_epochs
 
 if TYPE_CHECKING:
     from benchmark.training import TrainingJob
@@ -241,12 +240,6 @@ def train_pixeldefend(job: TrainingJob, pixelcnn_epochs: int = 6, pixelcnn_lr: f
     inputs = job.defense.preprocess(x) if purified_training else x
     clf = model.classifier
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    for _ in range(classifier_epochs):
-        clf.train()
-        for idx in batches(len(x), batch_size, job.generator):
-            loss = F.cross_entropy(clf(inputs[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    cross_entropy_epochs(opt, clf, clf, inputs, y, classifier_epochs, batch_size, job.generator)
     model.eval()
     return model

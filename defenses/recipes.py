@@ -17,6 +17,23 @@ def batches(n: int, batch_size: int, generator: torch.Generator):
         yield perm[i:i + batch_size]
 
 
+def cross_entropy_epochs(opt: torch.optim.Optimizer, module: nn.Module, forward, x: torch.Tensor,
+                         y: torch.Tensor, epochs: int, batch_size: int, generator: torch.Generator) -> None:
+    """``epochs`` passes of plain cross-entropy on ``forward(x[batch])``, stepping ``opt``.
+
+    Args:
+        module: put in training mode at each epoch (the caller sets eval mode after).
+        forward: inputs → logits (the classifier, or the defense around it).
+    """
+    for _ in range(epochs):
+        module.train()
+        for idx in batches(len(x), batch_size, generator):
+            loss = F.cross_entropy(forward(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
 def standard(job, epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
              noise_sigma: float = 0.0, weight_decay: float = 0.0) -> nn.Module:
     """Cross-entropy training with Adam through the defense's preprocessing.

@@ -1,13 +1,12 @@
 """Which attacks run against which defense: the rule the runner and the site share."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from attacks.base import defense_facts
 from attacks.registry import attack_ids, make_attack
 from defenses.models import LinearClassifier
-from defenses.pipeline import Defense, Step
+from defenses.pipeline import Defense
 from defenses.preprocess import Quantize
 from defenses.randomized import RandomCropRescale
 from leaderboard import aggregate as agg
