@@ -152,16 +152,16 @@ class SubmissionRun:
         self.x = x[self.indices].to(device)
         self.y = y[self.indices].to(device)
         self.defense = build_defense(sub, device)
-        self.draws = profile.draws if self.defense.randomized else 1
+        torch.manual_seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/randomness"))
+        self.randomness = declared_randomness_check(self.defense, self.x[:16], m.properties.randomized)
+        #: Declared or observed: hidden randomness still gets the EOT attacks and R scoring draws.
+        self.randomized = bool(self.defense.randomized or self.randomness["varied"])
+        self.draws = profile.draws if self.randomized else 1
         self._surrogate = surrogate
         self.weights_sha = sub.weights_sha256
         self.overrides = {o.attack: o for o in m.attack_overrides}
-        seed = job_seed(cfg.seed, f"{m.dataset}/{m.id}/clean")
-        torch.manual_seed(seed)
+        torch.manual_seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/clean"))
         self.clean: Scores = score(self.defense, self.x, self.y, self.draws)
-        self.randomness = declared_randomness_check(self.defense, self.x[:16], m.properties.randomized)
-        #: Declared or observed: hidden randomness still gets the EOT attacks.
-        self.randomized = bool(self.defense.randomized or self.randomness["varied"])
 
     # -- common record fields ----------------------------------------------------------
 
