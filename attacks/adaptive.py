@@ -49,6 +49,8 @@ class AdaptiveView(nn.Module):
         self.bpda = bpda
         self.eot = eot if getattr(defense, "randomized", False) else 1
         self.rejects = bool(getattr(defense, "rejects", False))
+        #: The view applies the steps and the classifier itself (else: the defense as a whole).
+        self.pipeline = _is_pipeline(defense)
         #: Run the classifier on channels-last input (None: not tried yet).
         self.channels_last: bool | None = None
 
@@ -56,7 +58,7 @@ class AdaptiveView(nn.Module):
         """Logits of shape (k, N, C'): k draws of the exact defense, adapted gradients."""
         n = x.shape[0]
         h = x.repeat(self.eot, *([1] * (x.dim() - 1))) if self.eot > 1 else x
-        steps = getattr(self.defense, "steps", None) if _is_pipeline(self.defense) else None
+        steps = getattr(self.defense, "steps", None) if self.pipeline else None
         if steps is None:  # a defense that is not a pipeline: differentiate it as is
             out = _connect(self.defense(h), h)
         else:

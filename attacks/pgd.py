@@ -36,7 +36,7 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
         (x_best, info) with ``info["zero_grad_fraction"]``: among the examples attacked
         (those a deterministic defense already misclassifies are not, under early
         stopping), the share whose first gradient, at their starting point, was zero or
-        non-finite (the ``zero-gradients`` flag); for a randomized defense also
+        non-finite (the ``zero-gradients`` flag); for a randomized defense seen one draw at a time (no EOT) also
         ``info["gradient_draw_cosine"]``: the median cosine similarity between that
         gradient and a second one drawn at the same points (the ``stochastic-gradients``
         flag; one extra gradient query).
@@ -68,7 +68,7 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
             best.update(xa, ev.margin, active)
             if zero is None:
                 zero = _zero_rows(ev.grad)
-                if stochastic:  # a second draw at the same points: how noisy is one gradient?
+                if stochastic and view.eot == 1:  # a second single draw: how noisy is one gradient?
                     cosine = _draw_cosine(ev.grad, evaluate(view, xa, y0, loss).grad)
             g = ev.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             if box is None:
