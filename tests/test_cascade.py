@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.registry import build_defense, load_submission, resolve
-from benchmark.training import TrainingJob, train_submission
+from benchmark.registry import build_defense, load_submission
+from benchmark.training import train_submission
+from tests.training_jobs import synthetic_digits, tiny_job
 from defenses.cascade import (cascade_at, cascade_loss, level_index, load_source, sample_eps, source_examples,
                               step_ll)
 from defenses.models import LinearClassifier, SmallCNN
@@ -27,23 +28,9 @@ def _frozen(model: torch.nn.Module) -> Defense:
     return d
 
 
-def _digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g) * (torch.rand(n, 1, 28, 28, generator=g) > 0.7)
-    return x, torch.arange(n) % 10
-
-
-def _job(n: int = 64) -> TrainingJob:
+def _job(n: int = 64):
     """A cascade training job over ``n`` synthetic digits (the real submissions folder as A's home)."""
-    sub = load_submission(SUBMISSIONS / ID / "manifest.yaml")
-    torch.manual_seed(0)
-    model = resolve(sub.manifest.model.factory, sub.folder, sub.id)(**sub.manifest.model.args)
-    defense = build_defense(sub, "cpu", classifier=model)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    x, y = _digits(n)
-    return TrainingJob(sub, model, defense, x, y, torch.Generator().manual_seed(0), torch.device("cpu"), None,
-                       SUBMISSIONS)
+    return tiny_job(ID, n)
 
 
 # -- blocks -------------------------------------------------------------------------------
@@ -87,7 +74,7 @@ def test_level_index_picks_the_level_of_the_drawn_eps() -> None:
 def test_cascade_loss_weights_cross_entropy_and_adds_the_pivot_distance() -> None:
     torch.manual_seed(0)
     model = SmallCNN()
-    x, y = _digits(8)
+    x, y = synthetic_digits(8)
     x_adv = (x + 0.1 * torch.rand(x.shape)).clamp(0, 1)
     last = model.head[-1]
     plain = cascade_loss(Defense(model), last, x, y, x_adv, adv_weight=0.3, pivot_weight=0.0)
@@ -106,7 +93,7 @@ def test_cascade_loss_weights_cross_entropy_and_adds_the_pivot_distance() -> Non
 def test_pivot_gradient_reaches_the_clean_embedding_only_without_stop_gradient() -> None:
     torch.manual_seed(0)
     model = SmallCNN()
-    x, y = _digits(4)
+    x, y = synthetic_digits(4)
     x = x.requires_grad_(True)
     x_adv = (x.detach() + 0.1).clamp(0, 1).requires_grad_(True)
     pivot = cascade_loss(Defense(model), model.head[-1], x, y, x_adv, 0.3, 1.0) - \
@@ -132,7 +119,7 @@ def test_load_source_builds_the_committed_network_and_refuses_paths_outside() ->
 def test_source_examples_stay_in_their_level_ball_and_fool_a_weak_model(one_thread) -> None:
     torch.manual_seed(0)
     d = _frozen(LinearClassifier())
-    x, y = _digits(16)
+    x, y = synthetic_digits(16)
     with torch.no_grad():
         y = d(x).argmax(1)  # all correct at the start
     out = source_examples(d, x, y, 0.2, 2, 5, 0.5, torch.Generator().manual_seed(0))
@@ -176,7 +163,7 @@ def test_recipe_runs_from_the_manifest_without_writing(shared_data) -> None:
 
 # -- the committed model ------------------------------------------------------------------
 
-def test_committed_weights_load_and_classify_clean_digits(mnist_test_slice) -> None:
+def test_committed_weights_load_and_classify_cleansynthetic_digits(mnist_test_slice) -> None:
     sub = load_submission(SUBMISSIONS / ID / "manifest.yaml")
     d = build_defense(sub)
     x, y = mnist_test_slice

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.registry import build_defense, load_submission, resolve
-from benchmark.training import TrainingJob
+from benchmark.registry import load_submission, resolve
+from tests.training_jobs import tiny_job
 
 SUBMISSIONS = Path(__file__).resolve().parents[1] / "submissions"
 
@@ -26,23 +26,9 @@ CASES = [
 ]
 
 
-def _job(sub_id: str, n: int = 64) -> TrainingJob:
-    """A training job over ``n`` synthetic examples of the submission's input shape."""
-    sub = load_submission(SUBMISSIONS / sub_id / "manifest.yaml")
-    torch.manual_seed(0)
-    model = resolve(sub.manifest.model.factory, sub.folder, sub.id)(**sub.manifest.model.args)
-    defense = build_defense(sub, "cpu", classifier=model)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 1, 28, 28, generator=g) * (torch.rand(n, 1, 28, 28, generator=g) > 0.7)
-    y = torch.arange(n) % 10
-    return TrainingJob(sub, model, defense, x, y, g, torch.device("cpu"), None, SUBMISSIONS)
-
-
 @pytest.mark.parametrize("sub_id,overrides", CASES, ids=[c[0] for c in CASES])
 def test_recipe_trains_on_a_tiny_budget(sub_id: str, overrides: dict) -> None:
-    job = _job(sub_id)
+    job = tiny_job(sub_id)
     before = {k: v.clone() for k, v in job.model.state_dict().items()}
     recipe = resolve(job.submission.manifest.train.recipe, job.submission.folder, sub_id)
     model = recipe(job, **{**job.submission.manifest.train.args, **overrides})
@@ -68,7 +54,7 @@ def test_pgd_at_trains_on_adversarial_points_inside_the_ball(monkeypatch) -> Non
         return xa
 
     monkeypatch.setattr(adversarial, "_pgd", spy)
-    job = _job("madry2018-pgd-at", n=32)
+    job = tiny_job("madry2018-pgd-at", n=32)
     adversarial.pgd_at(job, eps=0.1, steps=3, epochs=1, batch_size=16, warmup_epochs=0)
     assert len(seen) == 2
     for x, xa in seen:
@@ -81,7 +67,7 @@ def test_pgd_at_rejects_bad_arguments() -> None:
     from defenses.adversarial import pgd_at
 
     with pytest.raises(ValueError):
-        pgd_at(_job("madry2018-pgd-at", n=8), eps=-1.0)
+        pgd_at(tiny_job("madry2018-pgd-at", n=8), eps=-1.0)
 
 
 def test_save_weights_fills_an_empty_sha256_line(tmp_path) -> None:

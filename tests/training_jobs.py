@@ -1,0 +1,32 @@
+"""A training job on a tiny synthetic batch, for testing recipes without the dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from benchmark.registry import build_defense, load_submission, resolve
+from benchmark.training import TrainingJob
+
+SUBMISSIONS = Path(__file__).resolve().parent.parent / "submissions"
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` sparse random 1×28×28 images in [0, 1] with labels 0..9 in turn."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=g) * (torch.rand(n, 1, 28, 28, generator=g) > 0.7)
+    return x, torch.arange(n) % 10
+
+
+def tiny_job(sub_id: str, n: int = 64) -> TrainingJob:
+    """A fresh model of a committed submission, its defense, and ``n`` synthetic digits
+    (the real submissions folder, for recipes that load another submission)."""
+    sub = load_submission(SUBMISSIONS / sub_id / "manifest.yaml")
+    torch.manual_seed(0)
+    model = resolve(sub.manifest.model.factory, sub.folder, sub.id)(**sub.manifest.model.args)
+    defense = build_defense(sub, "cpu", classifier=model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    x, y = synthetic_digits(n)
+    return TrainingJob(sub, model, defense, x, y, torch.Generator().manual_seed(0), torch.device("cpu"), None,
+                       SUBMISSIONS)
