@@ -71,11 +71,15 @@ FULL = {"pgd": dict(n=256, steps=20, rounds=5), "eot": dict(n=32, k=10, steps=10
 SMOKE = {"pgd": dict(n=4, steps=1, rounds=1), "eot": dict(n=2, k=2, steps=1, rounds=1)}
 
 
-def load_model() -> nn.Module:
-    """SmallCNN with the committed standard-cnn-mnist weights, or a seeded random init."""
+def load_model(width: int = 16, hidden: int = 128) -> nn.Module:
+    """SmallCNN with the committed standard-cnn-mnist weights, or a seeded random init.
+
+    Other sizes (``width``, ``hidden``) are always a seeded random init: e.g. width 32,
+    hidden 1024 is the MNIST CNN of Madry et al., about 4× the FLOPs of ours.
+    """
     torch.manual_seed(0)
-    model = SmallCNN()
-    if WEIGHTS.is_file():
+    model = SmallCNN(width=width, hidden=hidden)
+    if (width, hidden) == (16, 128) and WEIGHTS.is_file():
         manifest = (WEIGHTS.parent / "manifest.yaml").read_text()
         digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
         if digest in manifest:  # only the weights the manifest vouches for
@@ -154,10 +158,10 @@ def _plain_layout(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, steps: i
 
 
 def measure_pgd(n: int, steps: int, rounds: int, peer: bool = HAS_PEER,
-                ablation: bool = False) -> dict[str, float]:
-    """Our PGD (and torchattacks' when ``peer``) on SmallCNN, ℓ∞ 0.031, no early stop;
-    ``ablation`` adds ours without channels-last and pass splitting (``ours_plain``)."""
-    model = load_model()
+                ablation: bool = False, model: nn.Module | None = None) -> dict[str, float]:
+    """Our PGD (and torchattacks' when ``peer``) on SmallCNN (or ``model``), ℓ∞ 0.031, no
+    early stop; ``ablation`` adds ours without channels-last and pass splitting (``ours_plain``)."""
+    model = load_model() if model is None else model
     x, y = examples(n)
     view = AdaptiveView(Defense(model))
     contenders: dict[str, Callable[[], object]] = {"ours": lambda: _ours(view, x, y, steps)}
@@ -249,13 +253,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--only", choices=("pgd", "eot"), help="run one comparison")
     parser.add_argument("--ablation", action="store_true", help="also time ours without layout tricks")
+    parser.add_argument("--width", type=int, default=16,
+                        help="PGD model: SmallCNN conv width (32 with --hidden 1024: Madry et al.'s CNN)")
+    parser.add_argument("--hidden", type=int, default=128, help="PGD model: SmallCNN hidden units")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not HAS_PEER:
         print(f"note: {PEER_REASON}; measuring ours only")
     runs = []
     if args.only in (None, "pgd"):
-        runs.append(("PGD", measure_pgd(args.n, args.steps, args.rounds, ablation=args.ablation)))
+        model = load_model(args.width, args.hidden)
+        runs.append((f"PGD (SmallCNN width {args.width}, hidden {args.hidden})",
+                     measure_pgd(args.n, args.steps, args.rounds, ablation=args.ablation, model=model)))
     if args.only in (None, "eot"):
         runs.append((f"EOT k={args.k}", measure_eot(args.eot_n, args.k, args.eot_steps, args.rounds)))
     for title, result in runs:
