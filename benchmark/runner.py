@@ -375,12 +375,24 @@ class Orchestrator:
         self.summary.errors.append(f"{self.sub.id}: cannot build or score the defense: {out.kind}: {out.error}")
         return False
 
-    def attack(self, attack_id: str, threat: ThreatModel) -> dict | None:
-        """Run (or reuse) one attack job and return its record."""
+    def attack(self, attack_id: str, threat: ThreatModel, counted: bool = False) -> dict | None:
+        """Run (or reuse) one attack job and return its record.
+
+        ``counted``: the job is one of the progress bar's planned jobs; it ticks the bar
+        when done, or, when the attack does not apply, leaves the bar's total.
+        """
         run_id = rf.attack_run_id(self.dataset, self.sub.id, threat.id, attack_id)
         self.progress.set_postfix_str(f"{self.sub.id} {threat.id} {attack_id}")
-        return self._record(self._call(ATTACK_JOB, (self.cfg, self.sub.id, attack_id, threat.id), "attack",
-                                       run_id, attack_id, threat.id))
+        value = self._call(ATTACK_JOB, (self.cfg, self.sub.id, attack_id, threat.id), "attack",
+                           run_id, attack_id, threat.id)
+        if counted:
+            if value is not None and value.get("status") == "not-applicable":
+                with self.progress.get_lock():
+                    self.progress.total -= 1
+                self.progress.refresh()
+            else:
+                self.progress.update(1)
+        return self._record(value)
 
     def certify(self, threats: list[ThreatModel]) -> dict | None:
         """Certify (or reuse the certificate)."""
@@ -412,8 +424,7 @@ def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatM
     for threat in threats:
         recs = by_threat.setdefault(threat.id, {})
         for a in attacks:
-            rec = orch.attack(a, threat)
-            orch.progress.update(1)
+            rec = orch.attack(a, threat, counted=True)
             if rec is not None:
                 recs[a] = rec
     unbounded = orch.attack("pgd", get_threat("linf-inf")) if "pgd" in attacks else None

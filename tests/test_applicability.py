@@ -75,6 +75,18 @@ def test_site_does_not_call_an_inapplicable_attack_missing(submissions, tmp_path
     assert "pgd-eot" not in missing and {"square", "apgd-ce"} <= set(missing)
 
 
+def test_progress_bar_total_drops_an_attack_that_does_not_apply(submissions, tmp_path, capsys):
+    """Two planned jobs, one of which (EOT against a deterministic defense) does not
+    apply: the bar ends at 1/1, not at 2/2 with a job that never ran."""
+    from benchmark.runner import RunConfig, run
+
+    run(RunConfig(submissions_dir=submissions, defenses=("dummy-linear",), attacks=("fgsm", "pgd-eot"),
+                  threats=("linf-0.031",), n_examples=10, results_dir=tmp_path, sweep=False, isolate=False,
+                  certify=False), progress=True)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert " 1/1 " in last and "100%" in last, last
+
+
 class DistanceDetector(Defense):
     """A linear classifier with a detector that rejects inputs far from every reference
     (clean) input. The class logits are shifted to a maximum of 0 and the reject logit is
