@@ -80,15 +80,11 @@ class Attack:
         """JSON-ready id and parameters."""
         return {"id": self.id, "params": dataclasses.asdict(self.params)}
 
-    def applies_to(self, defense: nn.Module, randomized: bool | None = None) -> bool:
-        """Whether this attack runs against ``defense`` at all.
-
-        Args:
-            randomized: whether the defense is randomized; None reads its declaration.
-                The runner passes "declared or observed", so a defense that hides its
-                randomness still gets the EOT attacks.
-        """
-        return self.not_applicable(defense_facts(defense, randomized)) is None
+    def applies_to(self, defense: nn.Module) -> bool:
+        """Whether this attack runs against ``defense`` at all (read from its declarations;
+        the runner marks a defense whose randomness it observed as randomized, so a
+        defense that hides its randomness still gets the EOT attacks)."""
+        return self.not_applicable(defense_facts(defense)) is None
 
     @classmethod
     def not_applicable(cls, facts: dict[str, Any]) -> str | None:
@@ -121,14 +117,10 @@ class Attack:
         raise NotImplementedError
 
 
-def defense_facts(defense: nn.Module, randomized: bool | None = None) -> dict[str, bool]:
-    """What decides which attacks apply to a defense (recorded in every result file).
-
-    Args:
-        randomized: overrides the declaration (the runner passes "declared or observed").
-    """
-    rand = bool(getattr(defense, "randomized", False)) if randomized is None else bool(randomized)
-    return {"randomized": rand, "differentiable": bool(getattr(defense, "differentiable", True)),
+def defense_facts(defense: nn.Module) -> dict[str, bool]:
+    """What decides which attacks apply to a defense (recorded in every result file)."""
+    return {"randomized": bool(getattr(defense, "randomized", False)),
+            "differentiable": bool(getattr(defense, "differentiable", True)),
             "rejects": bool(getattr(defense, "rejects", False)),
             "reparameterization": getattr(defense, "reparameterization", None) is not None}
 

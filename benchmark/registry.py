@@ -314,6 +314,8 @@ def build_defense(sub: Submission, device: str | torch.device = "cpu",
     defense = wrapper(model, steps, **extra)
     if m.properties.rejects and not getattr(defense, "rejects", False):
         defense.rejects = True
+    if m.properties.randomized and not getattr(defense, "randomized", False):
+        defense.randomized = True  # every attack and the scorer read the defense's own flag
     defense.eval().to(device)
     for p in defense.parameters():
         p.requires_grad_(False)

@@ -154,9 +154,11 @@ class SubmissionRun:
         self.defense = build_defense(sub, device)
         torch.manual_seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/randomness"))
         self.randomness = declared_randomness_check(self.defense, self.x[:16], m.properties.randomized)
-        #: Declared or observed: hidden randomness still gets the EOT attacks and R scoring draws.
-        self.randomized = bool(self.defense.randomized or self.randomness["varied"])
-        self.draws = profile.draws if self.randomized else 1
+        if self.randomness["varied"] and not self.defense.randomized:
+            # Observed: mark the defense itself, so that the scorer's R draws, the attacks'
+            # EOT views and their applicability all see it, not only this object.
+            self.defense.randomized = True
+        self.draws = profile.draws if self.defense.randomized else 1
         self._surrogate = surrogate
         self.weights_sha = sub.weights_sha256
         self.overrides = {o.attack: o for o in m.attack_overrides}
@@ -170,7 +172,7 @@ class SubmissionRun:
         return {"id": m.id, "name": m.name, "manifest_sha256": self.sub.manifest_sha256,
                 "weights_sha256": self.weights_sha, "randomized": bool(self.defense.randomized),
                 "rejects": bool(getattr(self.defense, "rejects", False)),
-                "facts": defense_facts(self.defense, self.randomized)}
+                "facts": defense_facts(self.defense)}
 
     def dataset_info(self) -> dict[str, Any]:
         return {"id": self.dataset.id, "n": len(self.indices), "indices": list(self.indices)}
@@ -197,7 +199,7 @@ class SubmissionRun:
         """Run one attack at one threat (or reuse its result) and return the record."""
         override = self.overrides.get(attack_id)
         attack = make_attack(attack_id, **(override.params if override else {}))
-        if not attack.applies_to(self.defense, self.randomized):
+        if not attack.applies_to(self.defense):
             return None
         run_id = rf.attack_run_id(self.dataset.id, self.sub.id, threat.id, attack_id)
         config = {**self.base_config("attack"), "attack": attack.describe(), "threat": threat.id,

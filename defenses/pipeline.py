@@ -54,10 +54,19 @@ class Defense(nn.Module):
         self.steps = nn.ModuleList(steps)
         self.rejects = rejects
 
+    #: Set (through ``randomized = True``) when the manifest declares randomness or the
+    #: runner observes it although no step or classifier declares it.
+    _randomized_override: bool = False
+
     @property
     def randomized(self) -> bool:
         """Whether two calls on the same input may differ."""
-        return any(s.randomized for s in self.steps) or bool(getattr(self.classifier, "randomized", False))
+        return (self._randomized_override or any(s.randomized for s in self.steps)
+                or bool(getattr(self.classifier, "randomized", False)))
+
+    @randomized.setter
+    def randomized(self, value: bool) -> None:
+        self._randomized_override = bool(value)
 
     @property
     def differentiable(self) -> bool:

@@ -41,11 +41,12 @@ def test_randomized_defense_gets_eot_and_no_square():
 
 
 def test_observed_randomness_overrides_the_declaration():
-    """A defense that hides its randomness still gets EOT: the runner passes 'declared or observed'."""
+    """A defense that hides its randomness still gets EOT: the runner marks it randomized."""
     quiet = Defense(LinearClassifier(784, 10))
     assert not make_attack("pgd-eot").applies_to(quiet)
-    assert make_attack("pgd-eot").applies_to(quiet, randomized=True)
-    assert not make_attack("square").applies_to(quiet, randomized=True)
+    quiet.randomized = True
+    assert make_attack("pgd-eot").applies_to(quiet)
+    assert not make_attack("square").applies_to(quiet)
 
 
 def test_every_skip_has_a_reason_and_unknown_facts_skip_only_dependent_attacks():

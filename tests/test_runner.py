@@ -137,3 +137,56 @@ def test_parallel_workers_give_the_same_numbers(submissions, tmp_path):
     assert parallel.errors == []
     got, want = numbers(tmp_path / "parallel"), numbers(tmp_path / "serial")
     assert got == want and len(got) == 8
+
+
+HIDDEN_NOISE = '''
+import torch
+from defenses.pipeline import Step
+
+
+class HiddenNoise(Step):
+    """Adds Gaussian noise on every call but does not declare ``randomized``."""
+
+    def forward(self, x):
+        return (x + 0.5 * torch.randn_like(x)).clamp(0, 1)
+'''
+
+
+def test_observed_randomness_reaches_the_scorer_and_the_eot_view(submissions, tmp_path):
+    """A defense that hides its randomness (manifest and code say deterministic) is
+    marked randomized by the runner: clean and adversarial scores average R draws (some
+    per-example scores are fractions) and the EOT attack runs with its k draws."""
+    from attacks.adaptive import AdaptiveView
+    from benchmark.profiles import get_profile
+    from benchmark.registry import load_submission
+    from benchmark.runner import SubmissionRun
+
+    folder = submissions / "dummy-linear"
+    (folder / "hidden.py").write_text(HIDDEN_NOISE)
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace(
+        "properties:", "defense:\n  steps:\n    - {factory: \"hidden:HiddenNoise\", args: {}}\nproperties:"))
+    cfg = RunConfig(submissions_dir=submissions, defenses=("dummy-linear",), attacks=("pgd-eot",),
+                    threats=("linf-0.1",), n_examples=30, results_dir=tmp_path, sweep=False,
+                    isolate=False, certify=False)
+    sub_run = SubmissionRun(load_submission(manifest), cfg, get_profile("quick"), "cpu", lambda: None)
+    assert sub_run.randomness["varied"] and sub_run.defense.randomized
+    assert AdaptiveView(sub_run.defense, eot=10).eot == 10
+    assert run(cfg, progress=False).errors == []
+    record = read_result(tmp_path / "mnist-embedded" / "dummy-linear" / "linf-0.1" / "pgd-eot.json")
+    assert record["draws"] == get_profile("quick").draws > 1
+    assert any(0 < v < 1 for v in record["per_example"]["clean_correct"]), record["per_example"]
+    assert record["defense"]["facts"]["randomized"]
+    flags = read_result(tmp_path / "mnist-embedded" / "dummy-linear" / "linf-0.1" / "flags.json")
+    assert any(f["id"] == "undeclared-randomness" and f["raised"] for f in flags["flags"]), flags["flags"]
+
+
+def test_manifest_declared_randomness_marks_the_defense(submissions):
+    """``properties.randomized: true`` reaches the defense every attack and the scorer read,
+    even when its code declares nothing (as ``properties.rejects`` does)."""
+    from benchmark.registry import build_defense, load_submission
+
+    manifest = submissions / "dummy-linear" / "manifest.yaml"
+    assert not build_defense(load_submission(manifest)).randomized
+    manifest.write_text(manifest.read_text().replace("randomized: false", "randomized: true"))
+    assert build_defense(load_submission(manifest)).randomized
