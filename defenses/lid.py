@@ -296,8 +296,8 @@ def craft(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, ep
 def _fit_logistic(feats: torch.Tensor, labels: torch.Tensor, l2: float,
                   iters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularized logistic regression by L-BFGS; returns (weight, bias)."""
-    w = torch.zeros(feats.shape[1], dtype=feats.dtype, requires_grad=True)
-    b = torch.zeros((), dtype=feats.dtype, requires_grad=True)
+    w = torch.zeros(feats.shape[1], dtype=feats.dtype, device=feats.device, requires_grad=True)
+    b = torch.zeros((), dtype=feats.dtype, device=feats.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:

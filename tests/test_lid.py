@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmark.registry import build_defense, load_submission
 from benchmark.scoring import score
@@ -200,43 +199,22 @@ def test_committed_weights_classify_and_rarely_reject_clean_digits(committed, mn
     assert committed.classifier.reference.shape[0] == 500
 
 
-def pgd_blind(defense: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40,
-              seed: int = 0) -> torch.Tensor:
-    """Rejection-BLIND PGD: cross-entropy on the 10 class logits only, ignoring the reject
-    logit; each example kept at its first point the class logits misclassify."""
-    threat = ThreatModel("linf", eps)
-    g = torch.Generator().manual_seed(seed)
-    xa = threat.random_start(x, g)
-    best = x.clone()
-    done = torch.zeros(len(x), dtype=torch.bool)
-    for _ in range(steps):
-        xa = xa.detach().requires_grad_(True)
-        logits = defense(xa)[:, :10]
-        grad = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xa)[0]
-        new = (logits.argmax(1) != y) & ~done
-        best[new] = xa.detach()[new]
-        done |= new
-        xa = threat.project(xa.detach() + threat.step(grad, 2.5 * eps / steps), x)
-    with torch.no_grad():
-        new = (defense(xa)[:, :10].argmax(1) != y) & ~done
-    best[new] = xa[new]
-    return best
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_rejection_aware_pgd_evades_the_detector_that_stops_blind_pgd(committed, mnist_test_slice, eps) -> None:
     """Carlini & Wagner (2017), Athalye et al. (2018, §5.1): LID stops part of an attack
-    that ignores it, and none of one that attacks the detector too (runner's ``pgd``,
-    reject logit folded into the loss)."""
+    that ignores it (the runner's ``pgd-blind``), and none of one that attacks the
+    detector too (runner's ``pgd``, reject logit folded into the loss)."""
     from attacks.base import AttackContext
     from attacks.registry import make_attack
 
     x, y = mnist_test_slice
     x, y = x[:40], y[:40]
-    x_blind = pgd_blind(committed, x, y, eps)
-    blind = score(committed, x_blind, y, draws=1)
     threat = ThreatModel("linf", eps)
+    x_blind = make_attack("pgd-blind").run(committed, x, y, threat,
+                                           AttackContext(torch.Generator().manual_seed(0))).x_adv
+    threat.verify(x_blind, x)
+    blind = score(committed, x_blind, y, draws=1)
     res = make_attack("pgd").run(committed, x, y, threat, AttackContext(torch.Generator().manual_seed(0)))
     threat.verify(res.x_adv, x)
     aware = score(committed, res.x_adv, y, draws=1)
