@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from defenses.models import SmallCNN
-from defenses.pipeline import Defense, Step
 from defenses.recipes import cross_entropy_epochs
 
 if TYPE_CHECKING:
@@ -138,6 +137,9 @@ class LIDDetector(nn.Module):
         ValueError: parameters out of range.
     """
 
+    #: Its last logit is "reject": :class:`defenses.pipeline.Defense` around it rejects.
+    rejects = True
+
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  n_reference: int = 500, k: int = 20, reject_scale: float = 1.0) -> None:
         super().__init__()
@@ -225,27 +227,6 @@ class LIDDetector(nn.Module):
         score = self.score_features(lids)
         shifted = logits - logits.amax(1, keepdim=True)
         return torch.cat([shifted, (self.reject_scale * (score - self.threshold)).unsqueeze(1)], 1)
-
-
-class LIDDefense(Defense):
-    """The detector as a rejecting defense (``defense.factory`` of the manifest).
-
-    The detector needs the classifier's internal activations, so the pipeline's
-    "classifier" is the whole :class:`LIDDetector` (its C + 1 logits); preprocessing
-    steps, if any, run in front of it.
-
-    Args:
-        model: the trained container.
-        steps: preprocessing steps (none in Ma et al.).
-
-    Raises:
-        TypeError: ``model`` is not an :class:`LIDDetector`.
-    """
-
-    def __init__(self, model: nn.Module, steps: Sequence[Step] = ()) -> None:
-        if not isinstance(model, LIDDetector):
-            raise TypeError(f"LIDDefense needs an LIDDetector, got {type(model).__name__}")
-        super().__init__(classifier=model, steps=steps, rejects=True)
 
 
 # -- training -----------------------------------------------------------------------------

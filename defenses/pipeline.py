@@ -40,7 +40,8 @@ class Defense(nn.Module):
         classifier: maps the last step's output to logits. May itself declare
             ``randomized = True`` (e.g. stochastic activation pruning).
         steps: preprocessing steps applied in order.
-        rejects: the last logit column means "reject the input".
+        rejects: the last logit column means "reject the input" (also set when the
+            classifier itself declares ``rejects = True``, e.g. a detector).
     """
 
     #: Whether attacks may run ``classifier(steps(x))`` themselves (BPDA, EOT) instead of
@@ -52,7 +53,7 @@ class Defense(nn.Module):
         super().__init__()
         self.classifier = classifier
         self.steps = nn.ModuleList(steps)
-        self.rejects = rejects
+        self.rejects = rejects or bool(getattr(classifier, "rejects", False))
 
     #: Set (through ``randomized = True``) when the manifest declares randomness or the
     #: runner observes it although no step or classifier declares it.

@@ -11,7 +11,8 @@ from benchmark.registry import build_defense, load_submission
 from benchmark.scoring import score
 from benchmark.threats import ThreatModel
 from benchmark.training import TrainingJob
-from defenses.lid import (LIDDefense, LIDDetector, auc, craft, layer_outputs, lid_mle, lid_recipe,
+from defenses.pipeline import Defense
+from defenses.lid import (LIDDetector, auc, craft, layer_outputs, lid_mle, lid_recipe,
                           pairwise_distances)
 
 SUBMISSION = Path(__file__).resolve().parents[1] / "submissions" / "ma2018-lid"
@@ -131,12 +132,10 @@ def test_reference_is_stored_as_8_bit_pixels_and_bad_arguments_raise() -> None:
         LIDDetector(n_reference=10, k=20)
     with pytest.raises(ValueError):
         LIDDetector(reject_scale=0.0)
-    with pytest.raises(TypeError):
-        LIDDefense(torch.nn.Linear(2, 2))
 
 
 def test_defense_declares_rejection_and_is_deterministic() -> None:
-    d = LIDDefense(_container()).eval()
+    d = Defense(_container()).eval()  # the detector declares rejection; the pipeline reads it
     assert d.rejects and not d.randomized and d.differentiable
     x = _blobs(5)
     with torch.no_grad():
@@ -167,7 +166,7 @@ def test_recipe_fits_a_detector_at_its_false_positive_rate(one_thread) -> None:
     torch.manual_seed(0)
     model = LIDDetector(n_reference=40, k=10)
     gen = torch.Generator().manual_seed(0)
-    job = TrainingJob(sub, model, LIDDefense(model), x[idx], y[idx], gen, torch.device("cpu"), None,
+    job = TrainingJob(sub, model, Defense(model), x[idx], y[idx], gen, torch.device("cpu"), None,
                       SUBMISSION.parent)
     out = lid_recipe(job, epochs=2, n_detector=120, eps=(0.3,), kinds=("fgsm", "bim-b"), pgd_steps=3,
                      holdout=0.25, fpr=0.1)
@@ -180,7 +179,7 @@ def test_recipe_fits_a_detector_at_its_false_positive_rate(one_thread) -> None:
     gap = (ref[:, None] - x[idx].flatten(1)[None]).abs().amax(-1)
     assert (gap.amin(1) < 1e-6).all()  # the reference set is made of training images
     with torch.no_grad():
-        logits = LIDDefense(out)(x[:8])
+        logits = Defense(out)(x[:8])
     assert logits.shape == (8, 11) and torch.isfinite(logits).all()
 
 
