@@ -204,7 +204,7 @@ class PixelDefend(Defense):
 
 def train_pixeldefend(job: TrainingJob, pixelcnn_epochs: int = 6, pixelcnn_lr: float = 3e-3,
                       classifier_epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
-                      purified_training: bool = True, limit: int | None = None) -> nn.Module:
+                      purified_training: bool = True) -> nn.Module:
     """Train the PixelCNN by maximum likelihood, then the classifier with Adam.
 
     Args:
@@ -215,15 +215,12 @@ def train_pixeldefend(job: TrainingJob, pixelcnn_epochs: int = 6, pixelcnn_lr: f
         batch_size: examples per step (both networks).
         purified_training: train the classifier on purified training images (the
             defense's own preprocessing) instead of clean ones.
-        limit: use only the first ``limit`` training images (tests).
 
     Returns:
         The trained container, in eval mode.
     """
     model: PixelDefendModel = job.model
     x, y = job.x_train.to(job.device), job.y_train.to(job.device)
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
     cnn = model.pixelcnn
     opt = torch.optim.Adam(cnn.parameters(), lr=pixelcnn_lr)
     total = pixelcnn_epochs * ((len(x) + batch_size - 1) // batch_size)

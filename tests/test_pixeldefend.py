@@ -8,9 +8,10 @@ import torch
 
 from attacks.adaptive import AdaptiveView, evaluate
 from benchmark.registry import build_defense, load_submission
-from benchmark.training import train_submission
 from defenses.pixelcnn import MaskedConv, PixelCNN
-from defenses.pixeldefend import PixelDefend, PixelDefendModel, PixelDefendPurifier, purify, purify_raster
+from defenses.pixeldefend import (PixelDefend, PixelDefendModel, PixelDefendPurifier, purify, purify_raster,
+                                  train_pixeldefend)
+from tests.training_jobs import tiny_job
 
 SUBMISSION = Path(__file__).resolve().parents[1] / "submissions" / "song2018-pixeldefend"
 
@@ -126,8 +127,7 @@ def test_step_declarations_and_views() -> None:
 
 def test_recipe_on_a_tiny_budget() -> None:
     sub = load_submission(SUBMISSION / "manifest.yaml")
-    model, _ = train_submission(sub, submissions_dir=SUBMISSION.parent, write=False,
-                                overrides={"pixelcnn_epochs": 1, "classifier_epochs": 1, "limit": 16})
+    model = train_pixeldefend(tiny_job("song2018-pixeldefend", n=16), pixelcnn_epochs=1, classifier_epochs=1)
     assert isinstance(model, PixelDefendModel) and not model.training
     fresh = PixelDefendModel(**sub.manifest.model.args)
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
