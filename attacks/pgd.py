@@ -68,7 +68,9 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
             best.update(xa, ev.margin, active)
             if zero is None:
                 zero = _zero_rows(ev.grad)
-                if stochastic and view.eot == 1:  # a second single draw: how noisy is one gradient?
+                # A second single draw: how noisy is one gradient? (Not when every first
+                # gradient is zero: the cosine is undefined and the query would be wasted.)
+                if stochastic and view.eot == 1 and not bool(zero.all()):
                     cosine = _draw_cosine(ev.grad, evaluate(view, xa, y0, loss).grad)
             g = ev.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             if box is None:

@@ -28,10 +28,10 @@ generator's range, h(z) − h(z₀), applied to x: a generator rarely reproduces
 (a small VAE's h(z₀) is ~0.1 RMS from an MNIST digit, outside the ℓ2 ball), so requiring
 h(z) itself to lie in the ball around x would leave no feasible point, while x + h(z) −
 h(z₀) projects back near h(z) when the move follows the range. When h(z₀) = x this is
-Athalye et al.'s x' = h(z). Every ``eval_every`` steps (and at the start and the end)
-the candidate threat.project(x + h(z) − h(z₀), x) is scored on the defense's exact
-forward pass (one draw of a randomized defense), and the lowest-margin candidate per
-example is returned; the clean point is a candidate too. No random numbers are drawn.
+Athalye et al.'s x' = h(z). Every ``eval_every`` steps (and at the end) the candidate
+threat.project(x + h(z) − h(z₀), x) is scored on the defense's exact forward pass (one
+draw of a randomized defense), and the lowest-margin candidate per example is returned;
+the clean point (the candidate at z₀) is one too. No random numbers are drawn.
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ class Reparam(Attack):
                 cand = threat.project(x + (rep.generate(z) - anchor), x)
                 best.update(cand, evaluate(view, cand, y, "margin", grad=False).margin)
 
-        score(z)
+        # No score at z₀: its candidate x + h(z₀) − h(z₀) is x, scored above.
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=p.lr)
         for i in range(p.steps):
