@@ -178,6 +178,11 @@ class GeneratorProjection(Step):
         self.steps, self.restarts, self.lr = steps, restarts, lr
         self.momentum, self.decay = momentum, decay
 
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """G(z), differentiable in z (with :meth:`encode`, the reparameterization contract
+        of :mod:`attacks.reparam`)."""
+        return self.generator(z)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z* for each row of ``x`` (no gradient)."""
         z, _ = project(self.generator, x, self.steps, self.restarts, self.lr, self.momentum, self.decay)
@@ -187,22 +192,6 @@ class GeneratorProjection(Step):
         """G(z*), detached: the argmin carries no gradient to x."""
         with torch.no_grad():
             return self.generator(self.encode(x)).to(x.dtype)
-
-
-class GeneratorReparameterization:
-    """``generate(z) = G(z)`` and ``encode(x) = z*`` (contract of :mod:`attacks.reparam`)."""
-
-    def __init__(self, projection: GeneratorProjection) -> None:
-        self.projection = projection
-
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """G(z), differentiable in z."""
-        return self.projection.generator(z)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The defense's own projection z* of ``x``."""
-        with torch.no_grad():
-            return self.projection.encode(x)
 
 
 class DefenseGAN(Defense):
@@ -227,12 +216,11 @@ class DefenseGAN(Defense):
             raise ValueError("DefenseGAN builds its own projection step; the manifest must list no steps")
         projection = GeneratorProjection(model.generator, iterations, restarts, lr, momentum, decay)
         super().__init__(model.classifier, [projection])
-        self.model = model
 
     @property
-    def reparameterization(self) -> GeneratorReparameterization:
+    def reparameterization(self) -> GeneratorProjection:
         """x = G(z) with the defense's projection as the encoder."""
-        return GeneratorReparameterization(self.steps[0])
+        return self.steps[0]
 
 
 def vae_loss(model: DefenseGANModel, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

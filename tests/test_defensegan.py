@@ -44,7 +44,7 @@ def test_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_projection_recovers_points_of_the_generator_range(committed) -> None:
     """x = G(z) is reproduced far better than a random image (the argmin is found)."""
-    g = committed.model.generator
+    g = committed.steps[0].generator
     torch.manual_seed(0)
     with torch.no_grad():
         on_range = g(torch.randn(16, g.latent_dim))
@@ -60,7 +60,7 @@ def test_projection_recovers_points_of_the_generator_range(committed) -> None:
 
 def test_more_restarts_never_hurt_in_expectation(committed, test_digits) -> None:
     """Keeping the best of R starts (Algorithm 1) lowers the mean error versus R = 1."""
-    g = committed.model.generator
+    g = committed.steps[0].generator
     x = test_digits[0][:20]
     torch.manual_seed(1)
     _, one = project(g, x, steps=10, restarts=1, lr=0.1)
@@ -97,7 +97,7 @@ def test_naive_gradient_is_zero_and_bpda_gradient_is_not() -> None:
 def test_reparameterization_contract(committed) -> None:
     """generate is differentiable with the input's shape; g(h(z)) ≈ h(z); encode projects."""
     rep = committed.reparameterization
-    d = committed.model.generator.latent_dim
+    d = committed.steps[0].generator.latent_dim
     torch.manual_seed(0)
     z = torch.randn(6, d, requires_grad=True)
     x = rep.generate(z)
@@ -141,7 +141,7 @@ def test_committed_weights_give_reasonable_clean_accuracy(committed, test_digits
     s = score(committed, x, y, draws=2)
     assert float(s.correct.mean()) >= 0.9
     with torch.no_grad():
-        assert float((committed.model(x).argmax(1) == y).float().mean()) >= 0.9  # the bare classifier
+        assert float((committed.classifier(x).argmax(1) == y).float().mean()) >= 0.9  # the bare classifier
 
 
 def _robust(defense, attack_id: str, threat_id: str, x, y) -> float:
