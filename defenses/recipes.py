@@ -49,16 +49,12 @@ def standard(job, epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
     model, defense = job.model, job.defense
     x, y = job.x_train.to(job.device), job.y_train.to(job.device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        model.train()
-        for idx in batches(len(x), batch_size, job.generator):
-            xb, yb = x[idx], y[idx]
-            if noise_sigma > 0:
-                noise = torch.randn(xb.shape, generator=job.generator).to(xb)
-                xb = xb + noise_sigma * noise
-            loss = F.cross_entropy(defense(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        if noise_sigma > 0:
+            xb = xb + noise_sigma * torch.randn(xb.shape, generator=job.generator).to(xb)
+        return defense(xb)
+
+    cross_entropy_epochs(opt, model, forward, x, y, epochs, batch_size, job.generator)
     model.eval()
     return model
