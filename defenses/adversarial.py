@@ -75,7 +75,7 @@ def pgd_at(job: TrainingJob, eps: float = 0.1, steps: int = 10, step_size: float
             n_adv = len(xb) - int(clean_fraction * len(xb))
             # the inner maximization runs with the model in eval mode and frozen parameters
             model.eval()
-            xa = _pgd(view, evaluate, xb[:n_adv], yb[:n_adv], threat, steps, step_size, job.generator)
+            xa = pgd_last_iterate(view, evaluate, xb[:n_adv], yb[:n_adv], threat, steps, step_size, job.generator)
             model.train()
             inputs = torch.cat([xa, xb[n_adv:]])
             loss = F.cross_entropy(defense(inputs), yb)
@@ -87,7 +87,7 @@ def pgd_at(job: TrainingJob, eps: float = 0.1, steps: int = 10, step_size: float
     return model
 
 
-def _pgd(view, evaluate, x: torch.Tensor, y: torch.Tensor, threat, steps: int, step_size: float,
+def pgd_last_iterate(view, evaluate, x: torch.Tensor, y: torch.Tensor, threat, steps: int, step_size: float,
          generator: torch.Generator) -> torch.Tensor:
     """The last PGD iterate from a uniform random start (Madry et al. 2018, Eq. 2)."""
     if threat.eps == 0 or len(x) == 0:

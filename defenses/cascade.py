@@ -142,10 +142,11 @@ def source_examples(source: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     """
     from attacks.adaptive import AdaptiveView, evaluate
     from benchmark.threats import ThreatModel
-    from defenses.adversarial import _pgd
+    from defenses.adversarial import pgd_last_iterate
 
     view = AdaptiveView(source, bpda=True)
-    out = [_pgd(view, evaluate, x, y, ThreatModel("linf", eps * (l + 1) / levels), steps, step_size, generator)
+    out = [pgd_last_iterate(view, evaluate, x, y, ThreatModel("linf", eps * (l + 1) / levels), steps, step_size,
+                            generator)
            for l in range(levels)]
     return torch.stack(out)
 

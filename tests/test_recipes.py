@@ -46,14 +46,14 @@ def test_pgd_at_trains_on_adversarial_points_inside_the_ball(monkeypatch) -> Non
     import defenses.adversarial as adversarial
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = adversarial._pgd
+    original = adversarial.pgd_last_iterate
 
     def spy(view, evaluate, x, y, threat, steps, step_size, generator):
         xa = original(view, evaluate, x, y, threat, steps, step_size, generator)
         seen.append((x, xa))
         return xa
 
-    monkeypatch.setattr(adversarial, "_pgd", spy)
+    monkeypatch.setattr(adversarial, "pgd_last_iterate", spy)
     job = tiny_job("madry2018-pgd-at", n=32)
     adversarial.pgd_at(job, eps=0.1, steps=3, epochs=1, batch_size=16, warmup_epochs=0)
     assert len(seen) == 2
