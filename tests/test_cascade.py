@@ -28,11 +28,6 @@ def _frozen(model: torch.nn.Module) -> Defense:
     return d
 
 
-def _job(n: int = 64):
-    """A cascade training job over ``n`` synthetic digits (the real submissions folder as A's home)."""
-    return tiny_job(ID, n)
-
-
 # -- blocks -------------------------------------------------------------------------------
 
 def test_step_ll_is_one_signed_step_towards_the_least_likely_class() -> None:
@@ -133,7 +128,7 @@ def test_source_examples_stay_in_their_level_ball_and_fool_a_weak_model(one_thre
 
 
 def test_cascade_at_rejects_bad_arguments() -> None:
-    job = _job(8)
+    job = tiny_job(ID, 8)
     for bad in ({"eps": 0.0}, {"levels": 0}, {"eps_sampling": "uniform"}, {"batch_size": 1},
                 {"pivot_weight": -1.0}):
         with pytest.raises(ValueError):
@@ -143,7 +138,7 @@ def test_cascade_at_rejects_bad_arguments() -> None:
 # -- recipe -------------------------------------------------------------------------------
 
 def test_cascade_at_trains_on_a_tiny_budget(one_thread) -> None:
-    job = _job(32)
+    job = tiny_job(ID, 32)
     before = {k: v.clone() for k, v in job.model.state_dict().items()}
     model = cascade_at(job, source_steps=1, levels=2, epochs=1, pretrain_epochs=1, batch_size=16)
     assert model is job.model and not model.training

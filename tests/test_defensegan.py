@@ -10,7 +10,6 @@ import torch
 from attacks.adaptive import AdaptiveView, evaluate
 from attacks.base import AttackContext
 from attacks.registry import make_attack
-from benchmark.datasets import get_dataset
 from benchmark.registry import build_defense, load_submission
 from benchmark.scoring import score
 from benchmark.threats import get_threat
@@ -34,14 +33,6 @@ def committed() -> DefenseGAN:
     return build_defense(load_submission(SUBMISSIONS / SUB_ID / "manifest.yaml"))
 
 
-@pytest.fixture(scope="module")
-def test_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    ds = get_dataset("mnist-embedded")
-    x, y = ds.split("test")
-    idx = ds.eval_indices(50)
-    return x[idx], y[idx]
-
-
 def test_projection_recovers_points_of_the_generator_range(committed) -> None:
     """x = G(z) is reproduced far better than a random image (the argmin is found)."""
     g = committed.steps[0].generator
@@ -58,10 +49,10 @@ def test_projection_recovers_points_of_the_generator_range(committed) -> None:
         assert torch.allclose(err, (g(z) - on_range).pow(2).flatten(1).sum(1), atol=1e-3)
 
 
-def test_more_restarts_never_hurt_in_expectation(committed, test_digits) -> None:
+def test_more_restarts_never_hurt_in_expectation(committed, mnist_test_slice) -> None:
     """Keeping the best of R starts (Algorithm 1) lowers the mean error versus R = 1."""
     g = committed.steps[0].generator
-    x = test_digits[0][:20]
+    x = mnist_test_slice[0][:20]
     torch.manual_seed(1)
     _, one = project(g, x, steps=10, restarts=1, lr=0.1)
     torch.manual_seed(1)
@@ -135,8 +126,8 @@ def test_recipe_trains_every_network_on_a_tiny_budget() -> None:
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
-def test_committed_weights_give_reasonable_clean_accuracy(committed, test_digits) -> None:
-    x, y = test_digits
+def test_committed_weights_give_reasonable_clean_accuracy(committed, mnist_test_slice) -> None:
+    x, y = (t[:50] for t in mnist_test_slice)
     torch.manual_seed(0)
     s = score(committed, x, y, draws=2)
     assert float(s.correct.mean()) >= 0.9
@@ -154,10 +145,10 @@ def _robust(defense, attack_id: str, threat_id: str, x, y) -> float:
     return float(score(defense, x_adv, y, draws=4).survives.mean())
 
 
-def test_naive_pgd_fails_where_bpda_breaks_it(committed, test_digits) -> None:
+def test_naive_pgd_fails_where_bpda_breaks_it(committed, mnist_test_slice) -> None:
     """Naive PGD sees zero gradients and leaves accuracy high; BPDA (identity) at ℓ∞ 0.3
     breaks most of the same digits (Athalye et al. 2018, §4.1)."""
-    x, y = test_digits
+    x, y = (t[:50] for t in mnist_test_slice)
     x, y = x[:12], y[:12]
     torch.manual_seed(0)
     keep = score(committed, x, y, draws=4).correct_all > 0
