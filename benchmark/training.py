@@ -70,16 +70,8 @@ def train_submission(sub: Submission, *, submissions_dir: Path, data_dir: Path |
         raise ValueError(f"{sub.path}: train: no recipe in the manifest")
     if m.model.weights is None:
         raise ValueError(f"{sub.path}: model.weights: needed to save the trained model")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = resolve(m.model.factory, sub.folder, sub.id)(**m.model.args)
-    dev = torch.device(device)
-    model.to(dev)
-    defense = build_defense(sub, dev, classifier=model)
-    for p in model.parameters():
-        p.requires_grad_(True)
     x, y = get_dataset(m.dataset).split("train", data_dir)
-    job = TrainingJob(sub, model, defense, x, y, gen, dev, data_dir, submissions_dir)
+    job = make_job(sub, x, y, seed=seed, device=device, data_dir=data_dir, submissions_dir=submissions_dir)
     recipe = resolve(m.train.recipe, sub.folder, sub.id)
     args = {**m.train.args, **(overrides or {})}
     start = time.perf_counter()
@@ -88,6 +80,27 @@ def train_submission(sub: Submission, *, submissions_dir: Path, data_dir: Path |
     if write:
         save_weights(sub, trained)
     return trained, seconds
+
+
+def make_job(sub: Submission, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
+             device: str | torch.device = "cpu", data_dir: Path | None = None,
+             submissions_dir: Path | None = None) -> TrainingJob:
+    """A training job on ``(x, y)``: the manifest's model freshly initialized (after
+    seeding torch with ``seed``), trainable, inside the submission's defense.
+
+    Args:
+        data_dir: where recipes that load more data look (None: the default).
+        submissions_dir: where recipes that load another submission look.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = resolve(sub.manifest.model.factory, sub.folder, sub.id)(**sub.manifest.model.args)
+    dev = torch.device(device)
+    model.to(dev)
+    defense = build_defense(sub, dev, classifier=model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return TrainingJob(sub, model, defense, x, y, gen, dev, data_dir, submissions_dir)
 
 
 def save_weights(sub: Submission, model: nn.Module) -> str:

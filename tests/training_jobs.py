@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from benchmark.registry import build_defense, load_submission, resolve
-from benchmark.training import TrainingJob
+from benchmark.registry import load_submission
+from benchmark.training import TrainingJob, make_job
 
 SUBMISSIONS = Path(__file__).resolve().parent.parent / "submissions"
 
@@ -21,12 +21,5 @@ def synthetic_digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 def tiny_job(sub_id: str, n: int = 64) -> TrainingJob:
     """A fresh model of a committed submission, its defense, and ``n`` synthetic digits
     (the real submissions folder, for recipes that load another submission)."""
-    sub = load_submission(SUBMISSIONS / sub_id / "manifest.yaml")
-    torch.manual_seed(0)
-    model = resolve(sub.manifest.model.factory, sub.folder, sub.id)(**sub.manifest.model.args)
-    defense = build_defense(sub, "cpu", classifier=model)
-    for p in model.parameters():
-        p.requires_grad_(True)
     x, y = synthetic_digits(n)
-    return TrainingJob(sub, model, defense, x, y, torch.Generator().manual_seed(0), torch.device("cpu"), None,
-                       SUBMISSIONS)
+    return make_job(load_submission(SUBMISSIONS / sub_id / "manifest.yaml"), x, y, submissions_dir=SUBMISSIONS)
