@@ -62,8 +62,34 @@ class Attack:
     #: ``version="rand"`` leaves out Square (Croce & Hein 2020, §4): one noisy score per
     #: query makes the search a random walk, and EOT attacks cover these defenses.
     deterministic_only: ClassVar[bool] = False
-    #: True when the attack only applies to defenses that may reject inputs.
+    #: True when the attack only applies to defenses whose reject output is a detection
+    #: (a rejected adversarial input is a defense win); not to abstaining ones.
     needs_rejection: ClassVar[bool] = False
+    #: True when the attack only applies to defenses whose gradients are masked: a declared
+    #: non-differentiable step, or zero/non-finite raw gradients observed at the clean points
+    #: (gradient estimation, e.g. SPSA, is the field's answer to masked gradients).
+    needs_masked_gradients: ClassVar[bool] = False
+
+    # -- traits read by flags, sweeps, the naive baseline and the leaderboard -----------
+    # Recorded in every result file (:meth:`traits`), so no consumer keeps a list of ids.
+    #: What a naive evaluation runs: PGD on raw gradients (against a detector, the
+    #: rejection-blind variant, which declares ``needs_rejection`` too). Its ``info``
+    #: carries the gradient statistics the ``zero-gradients`` and ``stochastic-gradients``
+    #: flags read.
+    naive_baseline: ClassVar[bool] = False
+    #: Adapts to the defense (BPDA, EOT, reparameterization, or the full adaptive view):
+    #: compared with the naive baseline by the ``adaptive-beats-naive`` flag.
+    adaptive: ClassVar[bool] = False
+    #: A single gradient step (FGSM): compared with the naive iterative baseline by the
+    #: ``one-step-beats-iterative`` flag.
+    one_step: ClassVar[bool] = False
+    #: Uniform random sampling in the ball (the ``random-finds-more`` flag).
+    random_sampling: ClassVar[bool] = False
+
+    @classmethod
+    def traits(cls) -> dict[str, bool]:
+        """The attack's traits, JSON-ready (recorded in every result file)."""
+        return {name: bool(getattr(cls, name)) for name in TRAITS}
 
     @dataclass(frozen=True)
     class Params:
@@ -109,6 +135,10 @@ class Attack:
             return "left out against randomized defenses, as in AutoAttack's version='rand'"
         if cls.needs_rejection and not fact("rejects", False):
             return "the defense never rejects an input"
+        if cls.needs_rejection and fact("abstains", False):
+            return "the defense's reject output is an abstention, which counts as an error"
+        if cls.needs_masked_gradients and fact("differentiable", True) and not fact("zero_gradients", False):
+            return "the defense's raw gradients are neither declared nor observed masked"
         return None
 
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -117,11 +147,26 @@ class Attack:
         raise NotImplementedError
 
 
+#: Names of the boolean traits every attack class declares (:meth:`Attack.traits`).
+TRAITS = ("gradient_free", "adaptive", "naive_baseline", "one_step", "random_sampling", "needs_rejection",
+          "needs_randomness", "needs_non_differentiable", "needs_reparameterization", "needs_masked_gradients",
+          "deterministic_only")
+
+
 def defense_facts(defense: nn.Module) -> dict[str, bool]:
-    """What decides which attacks apply to a defense (recorded in every result file)."""
+    """What decides which attacks apply to a defense (recorded in every result file).
+
+    ``abstains``: the reject output is an abstention (a smoothed classifier's "I do not
+    know"), which scoring counts as an error, as certification does; otherwise a rejected
+    adversarial input (a detection) is a defense win. ``zero_gradients``: the harness
+    observed zero or non-finite raw input gradients at the clean points (set by the
+    runner on the defense, like observed randomness).
+    """
     return {"randomized": bool(getattr(defense, "randomized", False)),
             "differentiable": bool(getattr(defense, "differentiable", True)),
             "rejects": bool(getattr(defense, "rejects", False)),
+            "abstains": bool(getattr(defense, "abstains", False)),
+            "zero_gradients": bool(getattr(defense, "zero_gradients", False)),
             "reparameterization": getattr(defense, "reparameterization", None) is not None}
 
 

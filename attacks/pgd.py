@@ -10,6 +10,11 @@ The same loop runs on four views of the defense (:mod:`attacks.adaptive`): raw
 gradients (``pgd``, what a naive evaluation does), BPDA (``pgd-bpda``), EOT
 (``pgd-eot``) and both (``pgd-bpda-eot``). Every variant keeps the lowest-margin point it
 visited, and stops attacking an example of a deterministic defense once it is broken.
+Against a randomized defense seen one draw per gradient (``pgd``, ``pgd-bpda``, FGSM) a
+visited point's margin is a single noisy draw, so keeping the lowest one keeps a lucky
+draw (naive ``pgd`` on smoothing σ = 0.25 at ℓ∞ 0.1: 79.0% with the best point against
+74.7% with the last iterate); such a run returns its last iterate instead. With EOT the
+kept point is chosen on the k-draw mean.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from attacks.adaptive import MIN_SELECTION_DRAWS, AdaptiveView, BestTracker, evaluate
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
 from benchmark.threats import ThreatModel
 
@@ -49,6 +54,9 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
     alpha = threat.step_size(d, step_size)
     stochastic = view.eot > 1 or bool(getattr(view.defense, "randomized", False))
     drop = early_stop and not stochastic
+    # One noisy draw per point cannot rank points: keep the last iterate (module docstring).
+    keep_last = stochastic and view.eot < MIN_SELECTION_DRAWS
+    last = x.detach().clone()
     best = BestTracker(x)
     if random_start:  # the clean point competes too (without a random start, step 1 is at x)
         best.update(x, evaluate(view, x, y, loss, grad=False).margin)
@@ -86,13 +94,16 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
                     if len(active) == 0:
                         break
         if len(active):
-            best.update(xa, evaluate(view, xa, y0, loss, grad=False).margin, active)
+            last[active] = xa.detach()
+            if not keep_last:
+                best.update(xa, evaluate(view, xa, y0, loss, grad=False).margin, active)
     fraction = float(zero.float().mean()) if zero is not None else 0.0
     info: dict = {"zero_grad_fraction": fraction}
     if cosine is not None:
         finite = cosine[torch.isfinite(cosine)]
         info["gradient_draw_cosine"] = float(finite.median()) if len(finite) else None
-    return best.x, info
+    info["kept"] = "last iterate" if keep_last else "lowest-margin point"
+    return (last if keep_last else best.x), info
 
 
 def _draw_cosine(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
@@ -121,6 +132,7 @@ class PGD(Attack):
 
     id = "pgd"
     summary = "PGD, raw gradients (naive)"
+    naive_baseline = True
     bpda = False
     eot_default = 1
 
@@ -160,6 +172,8 @@ class FGSM(PGD):
 
     id = "fgsm"
     summary = "FGSM, one step, raw gradients"
+    naive_baseline = False
+    one_step = True
 
     @dataclass(frozen=True)
     class Params(PGD.Params):
@@ -180,6 +194,8 @@ class PGDBPDA(PGD):
     id = "pgd-bpda"
     summary = "PGD with BPDA through non-differentiable steps"
     bpda = True
+    naive_baseline = False
+    adaptive = True
     needs_non_differentiable = True
 
 
@@ -190,6 +206,8 @@ class PGDEOT(PGD):
     id = "pgd-eot"
     summary = "PGD with EOT over the defense's randomness"
     needs_randomness = True
+    naive_baseline = False
+    adaptive = True
 
     @dataclass(frozen=True)
     class Params(PGD.Params):

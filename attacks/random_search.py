@@ -70,6 +70,7 @@ class RandomSearch(Attack):
     id = "random"
     summary = "Uniform random sampling in the ball (100 points per example)"
     gradient_free = True
+    random_sampling = True
 
     @dataclass(frozen=True)
     class Params:

@@ -74,6 +74,7 @@ class Reparam(Attack):
     """Adam over the latent code of the defense's generator (BPDA by reparameterization)."""
 
     id = "reparam"
+    adaptive = True
     summary = "Reparameterized attack through the defense's generator (Athalye et al. §4.3)"
     needs_reparameterization = True
 
@@ -106,7 +107,7 @@ class Reparam(Attack):
         if p.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {p.eval_every}")
         view = AdaptiveView(defense, bpda=False, eot=1)
-        rejects = bool(getattr(defense, "rejects", False))
+        rejects = view.rejects  # a detector's reject is folded in; an abstention is not
         loss_fn = LOSSES[p.loss]
         best = BestTracker(x)
         best.update(x, evaluate(view, x, y, "margin", grad=False).margin)

@@ -17,22 +17,48 @@ from typing import Any
 
 import numpy as np
 
-#: Gradient-based attacks (white-box), by id.
-WHITE_BOX = ("fgsm", "pgd", "pgd-bpda", "pgd-eot", "pgd-bpda-eot", "apgd-ce", "apgd-dlr", "reparam")
-#: Attacks that read no gradient of the defense.
-BLACK_BOX = ("square", "transfer", "random")
-#: Iterative attacks on raw gradients FGSM is compared with.
-ITERATIVE_RAW = ("pgd",)
-#: Attacks that adapt to the defense (BPDA, EOT, reparameterization), compared with naive PGD.
-ADAPTIVE = ("pgd-bpda", "pgd-eot", "pgd-bpda-eot", "reparam")
+#: Which attacks a flag compares is read from the traits every attack record carries
+#: (``attack.traits``, declared on the attack class: :data:`attacks.base.TRAITS`), never
+#: from a list of ids, so a new attack is counted by declaring its traits. Records written
+#: before traits were recorded take them from the registry by id.
+
+
+def traits(record: dict[str, Any]) -> dict[str, bool]:
+    """The attack traits of a result record (from the file, else from the registry)."""
+    recorded = (record.get("attack") or {}).get("traits")
+    if recorded is not None:
+        return dict(recorded)
+    try:
+        from attacks.base import ATTACKS
+        from attacks.registry import attack_ids
+
+        attack_ids()  # load the registry
+        return ATTACKS.get(record["attack"]["id"]).traits()
+    except (KeyError, ImportError):
+        return {}
+
+
+def _with(attacks: dict[str, dict], trait: str, value: bool = True) -> tuple[str, ...]:
+    return tuple(a for a, r in attacks.items() if bool(traits(r).get(trait, False)) == value)
+
+
+def naive_baseline(attacks: dict[str, dict]) -> str | None:
+    """The attack a naive evaluation runs among ``attacks`` (id → record): the one with
+    the ``naive_baseline`` trait; against a detector the rejection-blind one (which also
+    declares ``needs_rejection``), the baseline a detector's authors evaluate against."""
+    naive = _with(attacks, "naive_baseline")
+    specific = [a for a in naive if traits(attacks[a]).get("needs_rejection")]
+    return (specific or list(naive) or [None])[0]
+
 
 FLAG_DOCS: dict[str, str] = {
     "one-step-beats-iterative":
-        "FGSM breaks examples that iterative PGD on the same raw gradients did not: the loss surface "
+        "FGSM breaks examples that the naive iterative PGD on the same raw gradients did not: the loss surface "
         "is not smooth enough for gradient steps to follow (Athalye et al. 2018, §3.1).",
     "black-box-beats-white-box":
-        "A black-box attack (Square, transfer or random sampling) breaks examples that every gradient "
-        "attack missed: the gradients are masked or obfuscated.",
+        "A black-box attack (one that reads no gradient of the defense: Square, SPSA, transfer, random "
+        "sampling) breaks examples that every gradient attack missed: the gradients are masked or "
+        "obfuscated.",
     "unbounded-attack-fails":
         "Naive PGD with ε = ∞ (still inside [0, 1]) leaves more than 1% of examples correctly "
         "classified; an unbounded attack should reach ~100% success.",
@@ -45,9 +71,10 @@ FLAG_DOCS: dict[str, str] = {
         "More than 5% of examples have zero or non-finite input gradients under raw PGD: "
         "shattered or vanishing gradients.",
     "adaptive-beats-naive":
-        "An adaptive attack (BPDA, EOT or reparameterization) breaks examples that naive PGD on raw "
-        "gradients did not, and lowers accuracy by at least 5 points: the raw gradients mislead, the "
-        "central symptom of Athalye et al. (2018).",
+        "An adaptive attack (BPDA, EOT, reparameterization, or APGD on the full adaptive view) breaks "
+        "examples that the naive baseline (PGD on raw gradients; against a detector, PGD blind to the "
+        "reject option) did not, and lowers accuracy by at least 5 points: the raw gradients mislead, "
+        "the central symptom of Athalye et al. (2018).",
     "stochastic-gradients":
         "The defense is randomized and two draws of its input gradient at the same points point in "
         "different directions (median cosine similarity below 0.9): a single-draw gradient is a noisy "
@@ -55,7 +82,8 @@ FLAG_DOCS: dict[str, str] = {
     "undeclared-randomness":
         "The manifest declares the defense deterministic, but two identical calls gave different outputs.",
     "certificate-violated":
-        "An example certified at this threat was broken by an attack: certified accuracy is a lower "
+        "An example certified at this threat was broken by an attack (a wrong class in at least half "
+        "of the scoring draws; an abstention is not a wrong class): certified accuracy is a lower "
         "bound and empirical accuracy an upper bound, so this is a bug in the certificate, the attack "
         "or the defense (expected at most about α·n times for randomized smoothing).",
 }
@@ -113,15 +141,19 @@ def compute_flags(attacks: dict[str, dict], *, unbounded: dict | None = None,
     n = len(next(iter(attacks.values()))["per_example"]["clean_correct"])
     need = _min_count(n)
     flags = []
-    if "fgsm" in attacks and any(a in attacks for a in ITERATIVE_RAW):
-        extra = int((broken(attacks["fgsm"]) & ~_union(attacks, ITERATIVE_RAW, n)).sum())
+    white_box, black_box = _with(attacks, "gradient_free", False), _with(attacks, "gradient_free")
+    naive_all, naive = _with(attacks, "naive_baseline"), naive_baseline(attacks)
+    one_step, adaptive = _with(attacks, "one_step"), _with(attacks, "adaptive")
+    if one_step and naive_all:
+        extra = int((_union(attacks, one_step, n) & ~_union(attacks, naive_all, n)).sum())
         flags.append(_flag("one-step-beats-iterative", extra >= need, examples=extra, threshold=need, n=n))
-    white = _union(attacks, WHITE_BOX, n)
-    if any(a in attacks for a in BLACK_BOX):
-        extra = int((_union(attacks, BLACK_BOX, n) & ~white).sum())
+    white = _union(attacks, white_box, n)
+    if black_box:
+        extra = int((_union(attacks, black_box, n) & ~white).sum())
         flags.append(_flag("black-box-beats-white-box", extra >= need, examples=extra, threshold=need, n=n))
-    if "random" in attacks:
-        extra = int((broken(attacks["random"]) & ~white).sum())
+    sampling = _with(attacks, "random_sampling")
+    if sampling:
+        extra = int((_union(attacks, sampling, n) & ~white).sum())
         flags.append(_flag("random-finds-more", extra >= need, examples=extra, threshold=need, n=n))
     if unbounded is not None:
         acc = float(unbounded["summary"]["robust_accuracy"])
@@ -133,18 +165,20 @@ def compute_flags(attacks: dict[str, dict], *, unbounded: dict | None = None,
         flags.append(_flag("non-monotone-in-eps", bool(rises), rises=len(rises),
                            largest_rise=round(worst[2] - worst[1], 6) if worst else 0.0,
                            at_eps=worst[0] if worst else None, tolerance=MONOTONE_TOLERANCE))
-    if "pgd" in attacks and "zero_grad_fraction" in attacks["pgd"].get("info", {}):
-        frac = float(attacks["pgd"]["info"]["zero_grad_fraction"])
-        flags.append(_flag("zero-gradients", frac > ZERO_GRAD_THRESHOLD, fraction=frac,
+    # Gradient statistics come from the naive baselines' raw gradients (the first that has them).
+    stats = [attacks[a].get("info", {}) for a in naive_all]
+    frac = next((i["zero_grad_fraction"] for i in stats if i.get("zero_grad_fraction") is not None), None)
+    if frac is not None:
+        flags.append(_flag("zero-gradients", float(frac) > ZERO_GRAD_THRESHOLD, fraction=float(frac),
                            threshold=ZERO_GRAD_THRESHOLD))
-    if "pgd" in attacks and any(a in attacks for a in ADAPTIVE):
-        extra = int((_union(attacks, ADAPTIVE, n) & ~broken(attacks["pgd"])).sum())
-        naive = float(attacks["pgd"]["summary"]["robust_accuracy"])
-        best = min(float(attacks[a]["summary"]["robust_accuracy"]) for a in ADAPTIVE if a in attacks)
-        flags.append(_flag("adaptive-beats-naive", extra >= need and naive - best >= ADAPTIVE_GAP,
-                           examples=extra, threshold=need, naive_accuracy=naive, adaptive_accuracy=best,
-                           min_gap=ADAPTIVE_GAP, n=n))
-    cosine = attacks["pgd"].get("info", {}).get("gradient_draw_cosine") if "pgd" in attacks else None
+    if naive is not None and adaptive:
+        extra = int((_union(attacks, adaptive, n) & ~broken(attacks[naive])).sum())
+        naive_acc = float(attacks[naive]["summary"]["robust_accuracy"])
+        best = min(float(attacks[a]["summary"]["robust_accuracy"]) for a in adaptive)
+        flags.append(_flag("adaptive-beats-naive", extra >= need and naive_acc - best >= ADAPTIVE_GAP,
+                           examples=extra, threshold=need, naive_attack=naive, naive_accuracy=naive_acc,
+                           adaptive_accuracy=best, min_gap=ADAPTIVE_GAP, n=n))
+    cosine = next((i["gradient_draw_cosine"] for i in stats if i.get("gradient_draw_cosine") is not None), None)
     if cosine is not None:
         flags.append(_flag("stochastic-gradients", float(cosine) < COSINE_THRESHOLD, median_cosine=float(cosine),
                            threshold=COSINE_THRESHOLD))
