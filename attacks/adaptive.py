@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.losses import LOSSES, fold_reject, margin
+from attacks.losses import LOSSES, TARGETED_LOSSES, fold_reject, margin
 
 
 class AdaptiveView(nn.Module):
@@ -48,7 +48,10 @@ class AdaptiveView(nn.Module):
         self.defense = defense
         self.bpda = bpda
         self.eot = eot if getattr(defense, "randomized", False) else 1
-        self.rejects = bool(getattr(defense, "rejects", False))
+        # A detector's reject logit is folded into the true class (the attacker must evade
+        # it); an abstention counts as an error, so for the attacker it is one more wrong
+        # class and is left unfolded.
+        self.rejects = bool(getattr(defense, "rejects", False)) and not bool(getattr(defense, "abstains", False))
         #: The view applies the steps and the classifier itself (else: the defense as a whole).
         self.pipeline = _is_pipeline(defense)
         #: Run the classifier on channels-last input (None: not tried yet).
@@ -148,19 +151,39 @@ CPU_ROWS_PER_PASS: int | None = 128
 
 
 def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
-             grad: bool = True) -> Evaluation:
+             grad: bool = True, target: torch.Tensor | None = None) -> Evaluation:
     """Loss, margin and (optionally) input gradient of the view at ``x``.
 
     The loss of each example is the mean over its k draws, so its gradient is the EOT
     estimate E_t ∇f(t(x)) in a single backward pass. On the CPU, large batches run as
     consecutive passes of about :data:`CPU_ROWS_PER_PASS` rows, each holding all k draws
     of its examples; the per-example results are the same.
+
+    Args:
+        view: the adaptive view.
+        x: the points.
+        y: true labels.
+        loss: a key of :data:`attacks.losses.LOSSES`, or of
+            :data:`attacks.losses.TARGETED_LOSSES` together with ``target``.
+        grad: also return ∂loss/∂x.
+        target: per-example target classes, for a targeted loss only.
+
+    Returns:
+        The :class:`Evaluation` at ``x``.
+
+    Raises:
+        ValueError: a targeted loss without ``target``, or ``target`` with another loss.
     """
+    if (loss in TARGETED_LOSSES) != (target is not None):
+        raise ValueError(f"loss {loss!r} " + ("needs per-example targets" if target is None
+                                              else "takes no target"))
     rows = CPU_ROWS_PER_PASS
     per_pass = len(x) if rows is None else max(1, rows // getattr(view, "eot", 1))
     if x.device.type != "cpu" or len(x) <= per_pass:
-        return _evaluate(view, x, y, loss, grad)
-    parts = [_evaluate(view, xs, ys, loss, grad) for xs, ys in zip(x.split(per_pass), y.split(per_pass))]
+        return _evaluate(view, x, y, loss, grad, target)
+    targets = target.split(per_pass) if target is not None else [None] * len(y.split(per_pass))
+    parts = [_evaluate(view, xs, ys, loss, grad, ts)
+             for xs, ys, ts in zip(x.split(per_pass), y.split(per_pass), targets)]
     return Evaluation(loss=torch.cat([p.loss for p in parts]),
                       grad=torch.cat([p.grad for p in parts]) if grad else None,
                       margin=torch.cat([p.margin for p in parts]),
@@ -168,21 +191,29 @@ def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "
 
 
 def _evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str,
-              grad: bool) -> Evaluation:
-    loss_fn = LOSSES[loss]
+              grad: bool, target: torch.Tensor | None = None) -> Evaluation:
     x = x.detach().requires_grad_(grad)
     with torch.enable_grad() if grad else torch.no_grad():
         logits = view(x)  # (k, N, C')
         k, n = logits.shape[:2]
         yk = y.repeat(k)
         folded = fold_reject(logits.reshape(k * n, -1), yk, view.rejects)
-        per_row = loss_fn(folded, yk).view(k, n)
+        if target is None:
+            per_row = LOSSES[loss](folded, yk).view(k, n)
+        else:
+            per_row = TARGETED_LOSSES[loss](folded, yk, target.repeat(k)).view(k, n)
         value = per_row.mean(0)
         g = torch.autograd.grad(value.sum(), x)[0].contiguous() if grad else None
     folded = folded.detach().view(k, n, -1)
     return Evaluation(loss=value.detach(), grad=g,
                       margin=margin(folded, y.expand(k, n)).mean(0),
                       logits=folded.mean(0))
+
+
+#: Draws a margin estimate must average before it may choose an attack's kept point: below
+#: that (single-draw PGD against a randomized defense) the lowest margin seen is mostly a
+#: lucky draw, and the attacks keep their last iterate instead (EOT's k = 10 qualifies).
+MIN_SELECTION_DRAWS = 10
 
 
 class BestTracker:

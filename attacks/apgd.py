@@ -1,13 +1,16 @@
-"""Auto-PGD (Croce & Hein 2020), with the cross-entropy and DLR losses.
+"""Auto-PGD (Croce & Hein 2020), with the cross-entropy, DLR and targeted DLR losses.
 
 APGD ("Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020, Algorithm 1) is PGD with momentum and a step size
 that halves itself at checkpoints. The defaults are those of the reference
-implementation (fra31/auto-attack, ``autoattack/autopgd_base.py``, ``APGDAttack``);
-facts read there, the code here is our own:
+implementation (fra31/auto-attack, ``autoattack/autopgd_base.py``, ``APGDAttack`` and
+``APGDAttack_targeted``); facts read there, the code here is our own:
 
-* 100 iterations (``n_iter=100``) and one run (``n_restarts=1``: AutoAttack's standard
-  version runs APGD-CE and APGD-DLR once each); ρ = 0.75 (``rho=.75``).
+* 100 iterations (``n_iter=100``) and one run (``n_restarts=1``); ρ = 0.75
+  (``rho=.75``). AutoAttack's standard version (``autoattack.py``,
+  ``version='standard'``, ℓ∞ and ℓ2) runs APGD-CE with one run, then APGD-T (targeted
+  DLR, 9 target classes, one run each), FAB-T and Square; APGD-DLR (untargeted) belongs
+  to the 'plus' and 'rand' versions.
 * starting point: x + ε·t/‖t‖ with t uniform in [−1, 1]^d for ℓ∞ and t standard normal
   for ℓ2, i.e. a random point on the sphere of the threat's norm, then clipped to [0, 1].
 * initial step η⁽⁰⁾ = 2ε (``alpha = 2.`` for ℓ∞ and ℓ2).
@@ -30,9 +33,16 @@ version uses 20 EOT iterations; we use the same k as ``pgd-eot`` so the two are
 comparable at equal cost per iteration; ``eot`` is a parameter). A deterministic
 defense gets one draw (the view ignores ``eot``). The loss of a rejecting defense is
 taken on its folded logits (:func:`attacks.losses.fold_reject`), so DLR needs at least
-three real classes. Besides the reference's bookkeeping (best-loss point for the
-schedule), the attack keeps the lowest-margin point it visited per example (what is
-returned), and stops attacking an example of a deterministic defense once broken.
+three real classes and targeted DLR four. Besides the reference's bookkeeping
+(best-loss point for the schedule), the attack keeps the lowest-margin point it visited
+per example (what is returned), and stops attacking an example of a deterministic
+defense once broken (in later runs and later targets too).
+
+APGD-T (``APGDAttack_targeted``) runs the same loop on the targeted DLR loss
+(Eq. 7, :func:`attacks.losses.dlr_targeted`) once per target class: the k-th target of
+an example is the class with the (k+1)-th largest clean logit (k = 1, …, 9), and each
+target's run attacks only the examples still robust. Success is still untargeted (any
+wrong class): the target only steers the search.
 """
 from __future__ import annotations
 
@@ -41,8 +51,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from attacks.adaptive import MIN_SELECTION_DRAWS, AdaptiveView, BestTracker, evaluate
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from attacks.losses import TARGETED_LOSSES
 from benchmark.threats import ThreatModel
 
 
@@ -78,11 +89,33 @@ def checkpoint_intervals(steps: int) -> list[int]:
     return out
 
 
+def target_classes(logits: torch.Tensor, y: torch.Tensor, count: int) -> torch.Tensor:
+    """APGD-T's targets, in the reference's order (``APGDAttack_targeted.perturb`` takes
+    the class of the (k+1)-th largest clean logit as the k-th target).
+
+    Args:
+        logits: clean logits (N, C) over the real classes.
+        y: true labels.
+        count: targets per example, at most C − 1.
+
+    Returns:
+        (N, count) class indices; column k − 1 holds the k-th target. The true class is
+        ranked first whatever its logit, so it is never a target (for a correctly
+        classified example this is the reference's order exactly).
+    """
+    ranked = logits.scatter(-1, y.unsqueeze(-1), float("inf"))
+    return ranked.argsort(dim=-1, descending=True, stable=True)[:, 1:count + 1]
+
+
 def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
          steps: int = 100, restarts: int = 1, loss: str = "ce", rho: float = 0.75,
-         momentum: float = 0.75, initial_step: float = 2.0,
+         momentum: float = 0.75, initial_step: float = 2.0, n_target_classes: int = 9,
          generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     """Run APGD on ``view`` and return the lowest-margin point per example.
+
+    With a targeted loss (a key of :data:`attacks.losses.TARGETED_LOSSES`) the runs
+    repeat for each of ``n_target_classes`` targets (:func:`target_classes`), ``restarts``
+    runs per target, as APGD-T does; with any other loss there is one series of runs.
 
     Args:
         view: the adaptive view of the defense.
@@ -90,102 +123,136 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
         y: true labels.
         threat: the threat model (ε = ∞ uses the box scale: 1 for ℓ∞, √d for ℓ2).
         steps: iterations per run.
-        restarts: runs; each later run attacks only the examples still robust.
-        loss: "ce" or "dlr" (any key of :data:`attacks.losses.LOSSES`).
+        restarts: runs (per target); each later run attacks only the examples still robust.
+        loss: "ce", "dlr" (keys of :data:`attacks.losses.LOSSES`) or "dlr-targeted".
         rho: ρ of the oscillation condition.
         momentum: α of the momentum update.
         initial_step: η⁽⁰⁾ as a multiple of the raw radius.
+        n_target_classes: targets of a targeted loss (capped at C − 1); ignored otherwise.
         generator: the seeded CPU generator for starting points.
 
     Returns:
         (x_best, info): info holds ``zero_grad_fraction`` (share of attacked examples
         whose first gradient was zero or non-finite; None when every example was already
         misclassified and no gradient was read), ``eot`` and ``mean_final_step`` (η at the end,
-        in units of the raw radius, over examples still attacked at the end).
+        in units of the raw radius, over examples still attacked at the end, all runs).
+        A targeted loss adds ``target_classes`` (targets planned), ``targets_run`` (targets
+        whose run attacked at least one example) and ``broken_per_target`` (examples
+        first broken during each target's runs).
 
     Raises:
-        ValueError: DLR on fewer than three classes.
+        ValueError: DLR on fewer than three classes, targeted DLR on fewer than four, or
+            fewer than one target class.
     """
     n, d = len(x), x[0].numel()
     radius = threat.step_size(d, 1.0)  # raw radius, or the box scale when ε = ∞
     shape = (-1, *([1] * (x.dim() - 1)))
     stochastic = view.eot > 1 or bool(getattr(view.defense, "randomized", False))
+    targeted = loss in TARGETED_LOSSES
+    if targeted and n_target_classes < 1:
+        raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
     best = BestTracker(x)
+    # As in PGD (attacks.pgd): a margin of fewer than MIN_SELECTION_DRAWS draws of a randomized
+    # defense cannot choose the kept point (a lucky draw would win); keep the last iterate.
+    keep_last = stochastic and view.eot < MIN_SELECTION_DRAWS
+    last = x.detach().clone()
     clean = evaluate(view, x, y, "margin", grad=False)
-    if loss == "dlr" and clean.logits.shape[-1] < 3:
-        raise ValueError(f"the DLR loss needs at least 3 classes, the defense has {clean.logits.shape[-1]}")
+    classes = clean.logits.shape[-1]
+    if loss == "dlr" and classes < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, the defense has {classes}")
+    if targeted and classes < 4:  # Eq. 7 reads z_π4
+        raise ValueError(f"the targeted DLR loss needs at least 4 classes, the defense has {classes}")
     best.update(x, clean.margin)
+    # one series of runs per target column (a single one, without targets, when untargeted)
+    targets = target_classes(clean.logits, y, min(n_target_classes, classes - 1)) if targeted else None
+    columns = list(range(targets.shape[1])) if targeted else [None]
     zero = None
     final_steps: list[torch.Tensor] = []
+    broken_per_target: list[int] = []
     intervals = checkpoint_intervals(steps)
-    for _ in range(restarts):
-        active = torch.arange(n, device=x.device)
-        if not stochastic:
-            active = active[best.margin[active] >= 0]
-        if len(active) == 0:
-            break
-        x0, y0 = x[active], y[active]
-        xa = _sphere_start(x0, threat, radius, generator)
-        ev = evaluate(view, xa, y0, loss)
-        best.update(xa, ev.margin, active)
-        grad = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        if zero is None:
-            flat = ev.grad.reshape(len(xa), -1)
-            zero = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
-        eta = torch.full((len(xa),), initial_step * radius, device=x.device, dtype=x.dtype)
-        loss_best, x_lbest, g_lbest = ev.loss.clone(), xa.clone(), grad.clone()
-        last_loss = ev.loss.clone()
-        increases = torch.zeros(len(xa), device=x.device)
-        loss_at_check = loss_best.clone()
-        halved_at_check = torch.ones(len(xa), dtype=torch.bool, device=x.device)
-        x_prev = xa.clone()
-        check_it, k, since_check = 0, intervals[0] if intervals else steps + 1, 0
-        for i in range(steps):
-            a = momentum if i > 0 else 1.0
-            z = threat.project(xa + threat.step(grad, 1.0) * eta.view(shape), x0)
-            x_new = threat.project(xa + a * (z - xa) + (1 - a) * (xa - x_prev), x0)
-            x_prev, xa = xa, x_new
-            ev = evaluate(view, xa, y0, loss)
+    for column in columns:
+        robust_before = int((best.margin >= 0).sum())
+        attacked = False
+        for _ in range(restarts):
+            active = torch.arange(n, device=x.device)
+            if not stochastic:
+                active = active[best.margin[active] >= 0]
+            if len(active) == 0:
+                break
+            attacked = True
+            x0, y0 = x[active], y[active]
+            t0 = None if column is None else targets[active, column]
+            xa = _sphere_start(x0, threat, radius, generator)
+            ev = evaluate(view, xa, y0, loss, target=t0)
             best.update(xa, ev.margin, active)
             grad = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            increases += (ev.loss > last_loss).float()
+            if zero is None:
+                flat = ev.grad.reshape(len(xa), -1)
+                zero = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
+            eta = torch.full((len(xa),), initial_step * radius, device=x.device, dtype=x.dtype)
+            loss_best, x_lbest, g_lbest = ev.loss.clone(), xa.clone(), grad.clone()
             last_loss = ev.loss.clone()
-            better = ev.loss > loss_best
-            loss_best = torch.where(better, ev.loss, loss_best)
-            x_lbest[better], g_lbest[better] = xa[better], grad[better]
-            since_check += 1
-            if since_check == k:  # checkpoint w_j: conditions 1 and 2 of §3.2
-                halve = (increases <= rho * k) | (~halved_at_check & (loss_at_check >= loss_best))
-                halved_at_check, loss_at_check = halve, loss_best.clone()
-                eta = torch.where(halve, eta / 2, eta)
-                xa[halve], grad[halve] = x_lbest[halve], g_lbest[halve]
-                increases.zero_()
-                since_check, check_it = 0, check_it + 1
-                k = intervals[check_it] if check_it < len(intervals) else steps + 1
-            if not stochastic:  # drop broken examples: their result cannot change
-                keep = best.margin[active] >= 0
-                if not keep.all():
-                    tensors = (x0, y0, xa, x_prev, grad, eta, loss_best, x_lbest, g_lbest,
-                               last_loss, increases, loss_at_check, halved_at_check)
-                    (x0, y0, xa, x_prev, grad, eta, loss_best, x_lbest, g_lbest, last_loss,
-                     increases, loss_at_check, halved_at_check) = (t[keep] for t in tensors)
-                    active = active[keep]
-                    if len(active) == 0:
-                        break
-        final_steps.append(eta / radius)
+            increases = torch.zeros(len(xa), device=x.device)
+            loss_at_check = loss_best.clone()
+            halved_at_check = torch.ones(len(xa), dtype=torch.bool, device=x.device)
+            x_prev = xa.clone()
+            check_it, k, since_check = 0, intervals[0] if intervals else steps + 1, 0
+            for i in range(steps):
+                a = momentum if i > 0 else 1.0
+                z = threat.project(xa + threat.step(grad, 1.0) * eta.view(shape), x0)
+                x_new = threat.project(xa + a * (z - xa) + (1 - a) * (xa - x_prev), x0)
+                x_prev, xa = xa, x_new
+                ev = evaluate(view, xa, y0, loss, target=t0)
+                best.update(xa, ev.margin, active)
+                grad = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                increases += (ev.loss > last_loss).float()
+                last_loss = ev.loss.clone()
+                better = ev.loss > loss_best
+                loss_best = torch.where(better, ev.loss, loss_best)
+                x_lbest[better], g_lbest[better] = xa[better], grad[better]
+                since_check += 1
+                if since_check == k:  # checkpoint w_j: conditions 1 and 2 of §3.2
+                    halve = (increases <= rho * k) | (~halved_at_check & (loss_at_check >= loss_best))
+                    halved_at_check, loss_at_check = halve, loss_best.clone()
+                    eta = torch.where(halve, eta / 2, eta)
+                    xa[halve], grad[halve] = x_lbest[halve], g_lbest[halve]
+                    increases.zero_()
+                    since_check, check_it = 0, check_it + 1
+                    k = intervals[check_it] if check_it < len(intervals) else steps + 1
+                if not stochastic:  # drop broken examples: their result cannot change
+                    keep = best.margin[active] >= 0
+                    if not keep.all():
+                        tensors = (x0, y0, xa, x_prev, grad, eta, loss_best, x_lbest, g_lbest,
+                                   last_loss, increases, loss_at_check, halved_at_check)
+                        (x0, y0, xa, x_prev, grad, eta, loss_best, x_lbest, g_lbest, last_loss,
+                         increases, loss_at_check, halved_at_check) = (t[keep] for t in tensors)
+                        t0 = None if t0 is None else t0[keep]
+                        active = active[keep]
+                        if len(active) == 0:
+                            break
+            last[active] = xa.detach()
+            final_steps.append(eta / radius)
+        if not attacked:  # nothing left to attack: later targets would not run either
+            break
+        broken_per_target.append(robust_before - int((best.margin >= 0).sum()))
     steps_left = torch.cat(final_steps) if final_steps else torch.empty(0)
     info = {
         "zero_grad_fraction": None if zero is None else float(zero.float().mean()),
         "eot": view.eot,
         "mean_final_step": float(steps_left.mean()) if len(steps_left) else None,
     }
-    return best.x, info
+    if targeted:
+        info.update(target_classes=len(columns), targets_run=len(broken_per_target),
+                    broken_per_target=broken_per_target)
+    info["kept"] = "last iterate" if keep_last else "lowest-margin point"
+    return (last if keep_last else best.x), info
 
 
 class APGDCE(Attack):
     """APGD on the cross-entropy loss through the full adaptive view (BPDA + EOT)."""
 
     id = "apgd-ce"
+    adaptive = True
     summary = "Auto-PGD, cross-entropy, BPDA+EOT view (AutoAttack schedule, 100 iterations)"
     loss = "ce"
 
@@ -228,3 +295,74 @@ class APGDDLR(APGDCE):
     summary = "Auto-PGD, DLR loss, BPDA+EOT view (AutoAttack schedule, 100 iterations)"
     loss = "dlr"
 
+
+@ATTACKS.register
+class APGDT(Attack):
+    """Targeted APGD (APGD-T): APGD on the targeted DLR loss (Croce & Hein 2020, Eq. 7),
+    once per target class, through the full adaptive view (BPDA + EOT).
+
+    Defaults of fra31/auto-attack ``APGDAttack_targeted`` as AutoAttack's standard version
+    sets them (``autoattack.py``, ``version='standard'``, ℓ∞ and ℓ2): ``n_iter=100``,
+    ``n_restarts=1``, ``n_target_classes=9``, ``rho=.75``, the APGD step-size schedule and
+    checkpoints. The k-th target is the class with the (k+1)-th largest clean logit, and
+    each target's run attacks only the examples still robust; fewer than
+    ``n_target_classes`` targets run when the defense has fewer than 10 classes (the
+    reference only warns then). With a rejecting defense the loss is taken on the folded
+    logits and the targets are real classes. Needs at least four classes.
+
+    Left out against randomized defenses, as AutoAttack's ``version='rand'`` leaves out
+    APGD-T (it runs APGD-CE and APGD-DLR with EOT): the EOT attacks cover these defenses.
+    """
+
+    id = "apgd-t"
+    adaptive = True
+    deterministic_only = True
+    summary = "Auto-PGD, targeted DLR loss, BPDA+EOT view (AutoAttack standard, 9 targets × 100 iterations)"
+    loss = "dlr-targeted"
+
+    @dataclass(frozen=True)
+    class Params:
+        """APGD-T parameters (defaults of fra31/auto-attack ``APGDAttack_targeted`` in
+        AutoAttack's standard version)."""
+
+        #: Iterations per run.
+        steps: int = 100
+        #: Runs per target; later runs attack only what is still robust (standard: 1).
+        restarts: int = 1
+        #: Targets per example: the classes of the 2nd, 3rd, … largest clean logits
+        #: (standard: 9; capped at the number of classes minus one).
+        n_target_classes: int = 9
+        #: ρ of the step-halving oscillation condition.
+        rho: float = 0.75
+        #: α of the momentum update (Eq. 2).
+        momentum: float = 0.75
+        #: Initial step η⁽⁰⁾ as a multiple of the raw radius ε.
+        initial_step: float = 2.0
+        #: Draws of the defense's randomness per gradient (EOT). The attack is left out
+        #: against randomized defenses, so the view normally ignores it; kept equal to
+        #: APGD-CE's so a forced run costs the same per iteration.
+        eot: int = 10
+
+    def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            threat: ThreatModel, ctx: AttackContext) -> AttackResult:
+        """Run APGD-T (see the class docstring).
+
+        Args:
+            defense: the defense (a deterministic one: see ``deterministic_only``).
+            x: clean inputs in [0, 1].
+            y: true labels.
+            threat: the threat model.
+            ctx: the seeded generator for the starting points.
+
+        Returns:
+            The lowest-margin point per example and :func:`apgd`'s ``info``.
+
+        Raises:
+            ValueError: fewer than four classes, or ``n_target_classes`` < 1.
+        """
+        p = self.params
+        view = AdaptiveView(defense, bpda=True, eot=p.eot)
+        x_adv, info = apgd(view, x, y, threat, steps=p.steps, restarts=p.restarts, loss=self.loss,
+                           rho=p.rho, momentum=p.momentum, initial_step=p.initial_step,
+                           n_target_classes=p.n_target_classes, generator=ctx.generator)
+        return AttackResult(x_adv, info)

@@ -46,4 +46,21 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -margin(logits, y) / (srt[..., 0] - srt[..., 2] + 1e-12)
 
 
+def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020, Eq. 7), to be maximized:
+
+    −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12), π sorting z decreasingly and t the
+    target class of the row (the reference's ``dlr_loss_targeted``). Like DLR it is shift-
+    and scale-invariant; the denominator is positive unless z_π1 = z_π3 = z_π4. Needs at
+    least four classes.
+    """
+    srt = logits.sort(dim=-1, descending=True).values
+    true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    tgt = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return -(true - tgt) / (srt[..., 0] - 0.5 * (srt[..., 2] + srt[..., 3]) + 1e-12)
+
+
 LOSSES = {"ce": cross_entropy, "dlr": dlr, "margin": lambda z, y: -margin(z, y)}
+#: Losses that take a per-row target class as a third argument (kept apart from
+#: :data:`LOSSES`, whose losses every attack may call as ``loss(logits, y)``).
+TARGETED_LOSSES = {"dlr-targeted": dlr_targeted}

@@ -1,5 +1,6 @@
-"""APGD-CE / APGD-DLR: closed-form robust accuracy on linear models, strength against
-PGD on a small trained model, threat-model validity, ε = ∞, determinism."""
+"""APGD-CE / APGD-DLR (and APGD-T, more in tests/test_apgd_t.py): closed-form robust
+accuracy on linear models, strength against PGD on a small trained model, threat-model
+validity, ε = ∞, determinism."""
 from __future__ import annotations
 
 import math
@@ -36,7 +37,8 @@ def test_checkpoints_follow_the_paper():
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-@pytest.mark.parametrize("attack_id,num_classes", [("apgd-ce", 2), ("apgd-ce", 3), ("apgd-dlr", 3)])
+@pytest.mark.parametrize("attack_id,num_classes",
+                         [("apgd-ce", 2), ("apgd-ce", 3), ("apgd-dlr", 3), ("apgd-t", 4)])
 def test_apgd_reaches_the_exact_robust_accuracy_of_a_linear_model(attack_id, num_classes, norm):
     model, x, y = linear_problem(120, num_classes=num_classes)
     dist = exact_distance(model, x, y, norm)
