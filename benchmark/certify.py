@@ -29,6 +29,7 @@ from torch import nn
 
 from benchmark.certification.sequential import DEFAULT_STAGES, certify_sequential
 from benchmark.certification.smoothing import certify, finite, max_radius
+from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.threats import ThreatModel
 
 #: Points of the certified-accuracy-versus-radius curve (besides the threats' radii).
@@ -61,11 +62,15 @@ def consistency_violations(cert_per_example: Mapping[str, Sequence], robust_corr
                            indices: Sequence[int]) -> dict[str, list[int]]:
     """Examples certified at a threat but broken there by some attack.
 
-    Broken means the attack's ``robust_correct`` is 0 (for a deterministic defense 0/1;
-    for a randomized one the mean over draws, so 0 = wrong in every draw). When the
-    attack's per-example record is given, examples whose ``clean_correct`` is 0 are
-    skipped: a Monte-Carlo scored defense that abstains on the clean input was not
-    broken by the attack.
+    Broken means the defense predicted a wrong *class* at the attack's final point in at
+    least half of its scoring draws: the survival score (label or abstain; per_example
+    ``adv_survives``, or ``robust_correct_reject_as_win`` / ``robust_correct`` in older
+    records) is at most 0.5. A certificate guarantees the smoothed classifier's class in
+    the ball, so an abstention there is PREDICT's finite-sample caution, not a violation,
+    while a wrong class in most draws is (a violation that can fire on a smoothed model:
+    requiring every draw to be wrong, as before, never could). When the attack's
+    per-example record is given, examples whose ``clean_correct`` is at most 0.5 are
+    skipped: the attack did not break an example the defense already got wrong.
 
     Args:
         cert_per_example: the certify record's ``per_example`` (``radius``, ``correct``).
@@ -89,13 +94,18 @@ def consistency_violations(cert_per_example: Mapping[str, Sequence], robust_corr
         certified = ok & (rad >= r)
         broken = np.zeros(len(indices), dtype=bool)
         for attack_id, rec in robust_correct_by_attack.get(threat_id, {}).items():
-            robust = np.asarray(rec["robust_correct"] if isinstance(rec, Mapping) else rec, dtype=np.float64)
+            if isinstance(rec, Mapping):
+                key = next(k for k in ("adv_survives", "robust_correct_reject_as_win", "robust_correct") if k in rec)
+                survived = rec[key]
+            else:
+                survived = rec
+            robust = np.asarray(survived, dtype=np.float64)
             if len(robust) != len(indices):
                 raise ValueError(f"{threat_id}/{attack_id}: robust_correct has {len(robust)} "
                                  f"entries, expected {len(indices)}")
-            hit = robust == 0
+            hit = robust <= 0.5
             if isinstance(rec, Mapping) and "clean_correct" in rec:
-                hit &= np.asarray(rec["clean_correct"], dtype=np.float64) > 0
+                hit &= np.asarray(rec["clean_correct"], dtype=np.float64) > 0.5
             broken |= hit
         out[threat_id] = sorted(int(indices[i]) for i in np.flatnonzero(certified & broken))
     return out
@@ -195,11 +205,15 @@ def certify_submission(sub, defense: nn.Module, x: torch.Tensor, y: torch.Tensor
     correct = (pred == y.cpu()).numpy().astype(bool)
     radius_list = finite(radius)
     grid = sorted(set(certified_curve(radius, correct)["radius"]) | set(radii.values()))
+    certified_at = {tid: correct & (np.asarray(radius) >= r) for tid, r in radii.items()}
     summary = {
         "n": len(indices),
+        "interval": {"level": LEVEL, "method": METHOD},
         "clean_accuracy": float(correct.mean()) if len(correct) else 0.0,
-        "certified_accuracy": {tid: float(np.mean(correct & (np.asarray(radius) >= r))) if len(correct) else 0.0
-                               for tid, r in radii.items()},
+        "clean_accuracy_ci": rounded(accuracy_interval(correct.astype(float).tolist())),
+        "certified_accuracy": {tid: float(np.mean(c)) if len(correct) else 0.0 for tid, c in certified_at.items()},
+        "certified_accuracy_ci": {tid: rounded(accuracy_interval(c.astype(float).tolist()))
+                                  for tid, c in certified_at.items()},
         "curve": certified_curve(radius, correct, grid),
     }
     per_example = {"prediction": [int(p) for p in pred], "radius": radius_list,

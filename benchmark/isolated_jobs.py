@@ -175,12 +175,12 @@ def error_job_config(cfg: RunConfig, sub: Submission, job: str, *, attack_id: st
         "limits": {"timeout_s": float(timeout_s), "memory_mb": int(memory_mb)}}
     if attack_id is not None:
         from attacks.registry import make_attack
-        from benchmark.runner import code_hash
+        from benchmark.code_hash import code_hash
 
         override = next((o for o in m.attack_overrides if o.attack == attack_id), None)
         attack = make_attack(attack_id, **(override.params if override else {}))
         config["attack"] = attack.describe()
-        config["code"] = code_hash(attack)
+        config["code"] = code_hash()
     if threat_id is not None:
         from benchmark.threats import get_threat
 

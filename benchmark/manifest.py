@@ -76,6 +76,9 @@ class Claim(_Strict):
     accuracy: float = Field(ge=0.0, le=1.0, description="Claimed robust accuracy in [0, 1].")
     source: str = Field(min_length=1, description="Where in the paper, e.g. 'Table 2'.")
     dataset: str | None = Field(default=None, description="Dataset of the claim when it differs from the manifest's.")
+    same_model: bool = Field(default=True, description="The claim is about the submitted weights; false when the "
+                             "paper's number is for another model (a larger network, another training ε): "
+                             "then it is shown as context and never judged against this model's measurement.")
 
 
 class SmoothingCertificate(_Strict):

@@ -52,9 +52,10 @@ PROFILES: dict[str, Profile] = {
         Profile("quick", 20, 10, 10_000, True, QUICK_SWEEPS, 3600.0, 8192,
                 "Embedded default on a 2-core CPU: the first 20 test examples (class-balanced, "
                 "so accuracies move in steps of 0.05), n = 10,000 noise samples per certificate, "
-                "coarser ε sweeps."),
+                "coarser ε sweeps (every attack at every ε)."),
         Profile("full", None, 10, None, True, SWEEPS, 12 * 3600.0, 16384,
-                "Nightly: every test example, the manifests' n (default 100,000), the full ε sweeps."),
+                "Nightly: every test example, the manifests' n (default 100,000), the full ε sweeps "
+                "(every attack at every ε)."),
     )
 }
 

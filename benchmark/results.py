@@ -25,9 +25,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+#: 2: attack traits, 95% intervals (``*_ci``), ``adv_correct``/``adv_survives`` and the
+#: reject-as-win/-as-error figures, defense facts ``abstains``/``zero_gradients``, and a
+#: config hash over the whole harness source and the submission folder.
+SCHEMA_VERSION = 2
 #: Schema versions this reader still understands (old files must keep loading).
-READABLE_SCHEMAS = (1,)
+READABLE_SCHEMAS = (1, 2)
 KINDS = ("attack", "flags", "certify", "error")
 
 

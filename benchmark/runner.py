@@ -12,33 +12,35 @@ valid submission the runner
    hash exists: resume);
    Every job runs in a child process with a wall-clock and a memory limit
    (:mod:`benchmark.isolation`); a failed job leaves an error record, and the run goes on.
-4. runs naive PGD at ε = ∞ and the accuracy-versus-ε sweeps (naive ``pgd`` and the
-   strongest gradient attack at each ε);
+4. runs naive PGD at ε = ∞; every ε of the accuracy-versus-ε sweeps is a threat model
+   like the fixed ones (every applicable attack runs there, the per-example worst case
+   is what is shown);
 5. certifies the submissions whose manifest claims a certificate;
-6. computes the gradient-masking flags per fixed threat from the files of 3–5.
+6. computes the gradient-masking flags per threat from the files of 3–5.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import inspect
 import math
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from attacks.adaptive import AdaptiveView, evaluate
 from attacks.base import AttackContext, defense_facts
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
+from benchmark.code_hash import code_hash, submission_files_hash
 from benchmark.datasets import get_dataset
-from benchmark.flags import compute_flags
+from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
+from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.profiles import Profile, get_profile
 from benchmark.registry import Submission, build_defense, manifest_paths, validate
 from benchmark.scheduling import cost_rank, job_runner, run_threads, worker_plan
@@ -116,25 +118,6 @@ def job_seed(seed: int, run_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{run_id}".encode()).digest()[:8], "big") >> 1
 
 
-@lru_cache(maxsize=None)
-def _source_hash(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def code_hash(*objs: Any) -> str:
-    """Hash of the source files defining ``objs`` and of the scoring code (in config hashes,
-    so that a changed attack or scoring rule is recomputed on resume)."""
-    import benchmark.scoring
-    import benchmark.threats
-
-    def source(o: Any) -> str:
-        named = inspect.isclass(o) or inspect.ismodule(o) or inspect.isfunction(o)
-        return inspect.getsourcefile(o if named else type(o))
-
-    files = sorted({source(o) for o in (*objs, benchmark.scoring, benchmark.threats)})
-    return hashlib.sha256("".join(_source_hash(f) for f in files).encode()).hexdigest()[:16]
-
-
 class SubmissionRun:
     """Everything computed once per submission and shared by its jobs."""
 
@@ -159,6 +142,12 @@ class SubmissionRun:
             # EOT views and their applicability all see it, not only this object.
             self.defense.randomized = True
         self.draws = profile.draws if self.defense.randomized else 1
+        # Observed gradient masking (a fact, like observed randomness): raw input gradients
+        # that are zero or non-finite at the clean points, so that gradient estimation
+        # (SPSA) runs even where no step declares itself non-differentiable.
+        self.gradients = observed_gradients(self.defense, self.x[:16], self.y[:16])
+        if self.gradients["zero_fraction"] > ZERO_GRAD_THRESHOLD:
+            self.defense.zero_gradients = True
         self._surrogate = surrogate
         self.weights_sha = sub.weights_sha256
         self.overrides = {o.attack: o for o in m.attack_overrides}
@@ -188,10 +177,16 @@ class SubmissionRun:
         }
 
     def base_config(self, kind: str) -> dict[str, Any]:
+        """What every job of this submission depends on (hashed into its config hash): the
+        slice, the submission's every file, the whole harness source (:mod:`benchmark.code_hash`),
+        the seed, draws, batch size (results are not batch-invariant: docs/results.md),
+        device type and torch version."""
         return {"schema_version": rf.SCHEMA_VERSION, "kind": kind, "dataset": self.dataset.id,
                 "indices": list(self.indices), "defense": self.sub.id,
                 "manifest_sha256": self.sub.manifest_sha256, "weights_sha256": self.weights_sha,
-                "seed": self.cfg.seed, "draws": self.draws}
+                "submission_files": submission_files_hash(self.sub.path.parent), "code": code_hash(),
+                "seed": self.cfg.seed, "draws": self.draws, "batch_size": self.cfg.batch_size,
+                "device": self.device.type, "torch": torch.__version__}
 
     # -- attack jobs -------------------------------------------------------------------
 
@@ -202,8 +197,7 @@ class SubmissionRun:
         if not attack.applies_to(self.defense):
             return None
         run_id = rf.attack_run_id(self.dataset.id, self.sub.id, threat.id, attack_id)
-        config = {**self.base_config("attack"), "attack": attack.describe(), "threat": threat.id,
-                  "code": code_hash(attack)}
+        config = {**self.base_config("attack"), "attack": attack.describe(), "threat": threat.id}
         path = rf.result_path(self.cfg.results_dir, run_id)
         if rf.existing_hash(self.cfg.results_dir, run_id) == rf.config_hash(config):
             summary.skipped.append(run_id)
@@ -227,33 +221,50 @@ class SubmissionRun:
             infos.append((len(rows), res.info))
         torch.manual_seed(job_seed(self.cfg.seed, run_id + "/score"))
         adv = score(self.defense, x_adv, self.y, self.draws)
-        robust = torch.minimum(self.clean.correct, adv.survives)
-        robust_worst = self.clean.correct_all * adv.survives_all
+        abstains = bool(getattr(self.defense, "abstains", False))
+        rejects = bool(getattr(self.defense, "rejects", False))
+        # The headline: a rejected adversarial input is a defense win for a detector and an
+        # error for a defense that abstains (as in certified accuracy); the other figure is
+        # recorded beside it for a defense that rejects.
+        as_win = torch.minimum(self.clean.correct, adv.survives)
+        as_error = torch.minimum(self.clean.correct, adv.correct)
+        robust = as_error if abstains else as_win
+        robust_worst = self.clean.correct_all * (adv.correct_all if abstains else adv.survives_all)
         norms = threat.distance(x_adv.double(), self.x.double())
         n = len(self.indices)
         record = self.envelope("attack", run_id, config, time.perf_counter() - start)
+        per_example = {
+            "clean_correct": _floats(self.clean.correct),
+            "robust_correct": _floats(robust),
+            "robust_correct_worst": [int(v) for v in robust_worst.tolist()],
+            "adv_correct": _floats(adv.correct),
+            "adv_survives": _floats(adv.survives),
+            "perturbation_norm": _floats(norms),
+            "clean_rejected": _floats(self.clean.rejected),
+            "adv_rejected": _floats(adv.rejected),
+        }
+        totals: dict[str, Any] = {"n": n, "interval": {"level": LEVEL, "method": METHOD}}
+        figures = {"clean_accuracy": self.clean.correct, "robust_accuracy": robust,
+                   "robust_accuracy_worst_of_draws": robust_worst,
+                   "clean_rejection_rate": self.clean.rejected, "adv_rejection_rate": adv.rejected}
+        if rejects:
+            per_example["robust_correct_reject_as_win"] = _floats(as_win)
+            per_example["robust_correct_reject_as_error"] = _floats(as_error)
+            figures["robust_accuracy_reject_as_win"] = as_win
+            figures["robust_accuracy_reject_as_error"] = as_error
+        for name, values in figures.items():
+            totals[name] = _mean(values)
+            totals[f"{name}_ci"] = _interval(values)
         record.update({
-            "attack": {**attack.describe(), "summary": attack.summary,
+            "attack": {**attack.describe(), "summary": attack.summary, "traits": attack.traits(),
                        "gradient_free": bool(attack.gradient_free),
                        "override_reason": override.reason if override else None},
             "threat": threat.describe(self.dataset.dim),
             "draws": self.draws,
-            "per_example": {
-                "clean_correct": _floats(self.clean.correct),
-                "robust_correct": _floats(robust),
-                "robust_correct_worst": [int(v) for v in robust_worst.tolist()],
-                "perturbation_norm": _floats(norms),
-                "clean_rejected": _floats(self.clean.rejected),
-                "adv_rejected": _floats(adv.rejected),
-            },
-            "summary": {
-                "n": n,
-                "clean_accuracy": _mean(self.clean.correct),
-                "robust_accuracy": _mean(robust),
-                "robust_accuracy_worst_of_draws": _mean(robust_worst),
-                "clean_rejection_rate": _mean(self.clean.rejected),
-                "adv_rejection_rate": _mean(adv.rejected),
-            },
+            "scoring": {"rejection": "abstention counts as an error" if abstains
+                        else "a rejected adversarial input counts as a defense win" if rejects else None},
+            "per_example": per_example,
+            "summary": totals,
             "info": _merge_info(infos),
         })
         rf.write_result(self.cfg.results_dir, record)
@@ -269,6 +280,21 @@ def _mean(t: torch.Tensor) -> float:
     return round(float(t.float().mean()), 6) if t.numel() else 0.0
 
 
+def _interval(t: torch.Tensor) -> list[float] | None:
+    return rounded(accuracy_interval(t.detach().double().clamp(0, 1).cpu().tolist()))
+
+
+def observed_gradients(defense: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """The share of examples whose raw input gradient (the naive view, cross-entropy) is
+    zero or non-finite at the clean point: shattered or cut gradients a manifest did not
+    declare (``defense_facts``' ``zero_gradients``)."""
+    if len(x) == 0:
+        return {"zero_fraction": 0.0, "examples": 0}
+    grad = evaluate(AdaptiveView(defense), x, y, "ce").grad.reshape(len(x), -1)
+    zero = (~torch.isfinite(grad).all(1)) | (grad.abs().amax(1) == 0)
+    return {"zero_fraction": round(float(zero.float().mean()), 6), "examples": len(x)}
+
+
 def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
     """Numeric diagnostics averaged over batches (weighted by size), others kept last."""
     total = sum(n for n, _ in infos) or 1
@@ -281,18 +307,6 @@ def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
         else:
             out[key] = values[-1][1]
     return out
-
-
-#: Tie-break among equally strong gradient attacks: the most adaptive, cheapest first. On
-#: ties (often: nothing breaks at a small ε) the sweep must not fall back to naive PGD.
-SWEEP_PREFERENCE = ("pgd-bpda-eot", "apgd-ce", "apgd-dlr", "pgd-bpda", "pgd-eot", "reparam", "pgd")
-
-
-def strongest_attack(records: dict[str, dict]) -> str | None:
-    """The gradient attack with the lowest robust accuracy (ties: :data:`SWEEP_PREFERENCE`)."""
-    ranked = [(records[a]["summary"]["robust_accuracy"], SWEEP_PREFERENCE.index(a), a)
-              for a in SWEEP_PREFERENCE if a in records]
-    return min(ranked)[2] if ranked else None
 
 
 def worst_case(records: list[dict]) -> float:
@@ -413,50 +427,53 @@ class Orchestrator:
         self._record(self._call(FLAGS_JOB, args, "flags", run_id, threat_id=threat.id))
 
 
+def sweep_threats(threats: list[ThreatModel], sweep_eps: dict[str, tuple[float, ...]] | None) -> list[ThreatModel]:
+    """The threats a run attacks: the requested ones, then every ε > 0 of the sweeps (a
+    sweep point is a threat model like the fixed ones: every applicable attack runs there)."""
+    out = list(threats)
+    for norm in ("linf", "l2"):
+        for eps in (sweep_eps or {}).get(norm, ()):
+            t = ThreatModel(norm, eps)
+            if eps > 0 and t.id not in {u.id for u in out}:
+                out.append(t)
+    return out
+
+
 def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatModel],
                    sweep_eps: dict[str, tuple[float, ...]] | None) -> None:
-    """All jobs of one submission: attacks, ε = ∞, sweeps (None: none), certificate, flags."""
+    """All jobs of one submission: every attack at every threat (the requested ones and the
+    sweeps' ε; None: no sweep), ε = ∞, certificate, flags at every threat."""
     cfg, sub = orch.cfg, orch.sub
     _write_manifest_facts(sub, cfg.results_dir)
-    planned = [rf.attack_run_id(orch.dataset, sub.id, t.id, a) for t in threats for a in attacks]
+    all_threats = sweep_threats(threats, sweep_eps)
+    planned = [rf.attack_run_id(orch.dataset, sub.id, t.id, a) for t in all_threats for a in attacks]
     if not orch.prepare(planned):
         orch.progress.update(len(planned))
         return
     by_threat: dict[str, dict[str, dict]] = {}
-    for threat in threats:
+    for threat in all_threats:
         recs = by_threat.setdefault(threat.id, {})
         for a in attacks:
             rec = orch.attack(a, threat, counted=True)
             if rec is not None:
                 recs[a] = rec
     unbounded = orch.attack("pgd", get_threat("linf-inf")) if "pgd" in attacks else None
-    sweeps: dict[str, list[tuple[float, float]]] = {}
-    if sweep_eps:
-        for norm in ("linf", "l2"):
-            fixed = [t for t in threats if t.norm == norm]
-            base = by_threat.get(fixed[0].id, {}) if fixed else {}
-            # Naive PGD (and, against a detector, the rejection-blind baseline) and the
-            # strongest attack at the fixed threat.
-            naive = ("pgd", "pgd-blind") if orch.rejects else ("pgd",)
-            chosen = list(dict.fromkeys(a for a in (*naive, strongest_attack(base)) if a and a in attacks))
-            points = []
-            for eps in sweep_eps.get(norm, ()):
-                threat = ThreatModel(norm, eps)
-                if eps == 0:
-                    # No perturbation is possible: the point is the clean accuracy every
-                    # record of the fixed threat carries (scored with the same draws).
-                    recs = [{"per_example": {"robust_correct": r["per_example"]["clean_correct"]}}
-                            for r in list(base.values())[:1]]
-                elif fixed and threat.id == fixed[0].id:
-                    recs = [base[a] for a in chosen if a in base]
-                else:
-                    recs = [r for a in chosen if (r := orch.attack(a, threat)) is not None]
-                if recs:
-                    points.append((eps, worst_case(recs)))
-            sweeps[norm] = points
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for norm in ("linf", "l2"):
+        points = []
+        for threat in sorted((t for t in all_threats if t.norm == norm), key=lambda t: t.eps):
+            recs = list(by_threat.get(threat.id, {}).values())
+            if recs:
+                if not points and sweep_eps:
+                    # ε = 0 is not attacked (no perturbation is possible): it is the clean
+                    # accuracy every record carries (scored with the same draws).
+                    points.append((0.0, worst_case([{"per_example": {"robust_correct": recs[0]["per_example"][
+                        "clean_correct"]}}])))
+                points.append((threat.eps, worst_case(recs)))
+        curves[norm] = points
     certificate = orch.certify(threats) if cfg.certify and sub.manifest.certify is not None else None
-    for threat in threats:
-        orch.flags(threat, by_threat.get(threat.id, {}), unbounded, sweeps.get(threat.norm), certificate)
+    for threat in all_threats:
+        orch.flags(threat, by_threat.get(threat.id, {}), unbounded, curves.get(threat.norm), certificate)
 
 
 def certify_job(run: SubmissionRun, threats: list[ThreatModel], summary: RunSummary) -> dict | None:
@@ -465,11 +482,9 @@ def certify_job(run: SubmissionRun, threats: list[ThreatModel], summary: RunSumm
 
     spec = run.sub.manifest.certify
     run_id = f"{run.dataset.id}/{run.sub.id}/certify/{spec.method}"
-    import benchmark.certify as cert_module
-
     n_override = run.profile.certify_n
     config = {**run.base_config("certify"), "certify": spec.model_dump(mode="json"),
-              "profile_n": n_override, "threats": [t.id for t in threats], "code": code_hash(cert_module)}
+              "profile_n": n_override, "threats": [t.id for t in threats]}
     if rf.existing_hash(run.cfg.results_dir, run_id) == rf.config_hash(config):
         summary.skipped.append(run_id)
         return rf.read_result(rf.result_path(run.cfg.results_dir, run_id))
@@ -502,7 +517,7 @@ def flags_job(run: SubmissionRun, threat: ThreatModel, records: dict[str, dict],
     run_id = f"{run.dataset.id}/{run.sub.id}/{threat.id}/flags"
     inputs = sorted(r["config_hash"] for r in [*records.values(), unbounded, certificate] if r)
     config = {**run.base_config("flags"), "threat": threat.id, "inputs": inputs, "sweep": sweep,
-              "randomness": run.randomness, "code": code_hash(compute_flags)}
+              "randomness": run.randomness, "gradients": run.gradients}
     record = run.envelope("flags", run_id, config, 0.0)
     record.update({"threat": threat.describe(run.dataset.dim), "flags": flags})
     if rf.existing_hash(run.cfg.results_dir, run_id) != rf.config_hash(config):
@@ -572,7 +587,8 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
                 run_submission(Orchestrator(jobs, cfg, sub, device, summary, bar), attacks, threats,
                                profile.sweeps if do_sweep else None)
 
-    with tqdm(total=len(threats) * len(attacks) * len(subs), desc="gauntlet", unit="job",
+    planned_threats = sweep_threats(threats, profile.sweeps if do_sweep else None)
+    with tqdm(total=len(planned_threats) * len(attacks) * len(subs), desc="gauntlet", unit="job",
               disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         if workers == 1:
             work(bar)

@@ -48,6 +48,14 @@ class Defense(nn.Module):
     #: ``forward``: None = only when ``forward`` is not overridden. A subclass whose own
     #: ``forward`` differs but whose steps and classifier stand in for it sets True.
     pipeline_view: bool | None = None
+    #: The reject output is an *abstention* ("I do not know", a smoothed classifier's
+    #: PREDICT), not a detection: scoring counts an abstention on an adversarial input as
+    #: an error, as certified accuracy does, and attacks count it as a success. A
+    #: detector (``abstains = False``) wins when it rejects an adversarial input.
+    abstains: bool = False
+    #: Set by the runner when it observes zero or non-finite raw input gradients at the
+    #: clean points (gradient masking no step declared); gradient estimation then applies.
+    zero_gradients: bool = False
 
     def __init__(self, classifier: nn.Module, steps: Sequence[Step] = (), rejects: bool = False) -> None:
         super().__init__()

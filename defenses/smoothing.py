@@ -229,6 +229,9 @@ class SmoothedDefense(Defense):
     #: Attacks run the noisy base classifier with EOT (the soft smoothed classifier of
     #: Salman et al. 2019), not PREDICT's counts, which have no gradient.
     pipeline_view = True
+    #: PREDICT's reject output is an abstention: an error in the headline, as in certified
+    #: accuracy (Cohen et al. 2019 count abstentions as wrong).
+    abstains = True
 
     def __init__(self, classifier: nn.Module, steps: Sequence[Step] = (), sigma: float = 0.25,
                  samples: int = 100, alpha: float = 0.001, batch: int = 1000) -> None:

@@ -51,7 +51,8 @@ def test_observed_randomness_overrides_the_declaration():
 
 def test_every_skip_has_a_reason_and_unknown_facts_skip_only_dependent_attacks():
     facts = defense_facts(Defense(LinearClassifier(784, 10), [Quantize(4)]))
-    assert facts == {"randomized": False, "differentiable": False, "rejects": False, "reparameterization": False}
+    assert facts == {"randomized": False, "differentiable": False, "rejects": False, "abstains": False,
+                     "zero_gradients": False, "reparameterization": False}
     reasons = {a: make_attack(a).not_applicable(facts) for a in attack_ids()}
     assert reasons["pgd-eot"] and "deterministic" in reasons["pgd-eot"]
     assert reasons["pgd-bpda"] is None and reasons["square"] is None
@@ -71,7 +72,7 @@ def test_site_does_not_call_an_inapplicable_attack_missing(submissions, tmp_path
     assert not list(tmp_path.rglob("pgd-eot.json"))
     board = agg.load_board(tmp_path)
     skipped = agg.not_applicable_attacks(board, "mnist-embedded", "dummy-linear")
-    assert {"pgd-bpda", "pgd-eot", "pgd-bpda-eot", "reparam", "pgd-blind"} == set(skipped)
+    assert {"pgd-bpda", "pgd-eot", "pgd-bpda-eot", "reparam", "pgd-blind", "spsa"} == set(skipped)
     missing = agg.missing_attacks(board, "mnist-embedded", "dummy-linear", "linf-0.031")
     assert "pgd-eot" not in missing and {"square", "apgd-ce"} <= set(missing)
 

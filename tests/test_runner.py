@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.results import iter_results, read_result
+from benchmark.results import SCHEMA_VERSION, iter_results, read_result
 from benchmark.runner import RunConfig, run
 
 ATTACKS = ("fgsm", "pgd", "pgd-bpda", "random")
@@ -57,7 +57,7 @@ def test_every_final_point_is_recorded_inside_the_threat(submissions, tmp_path):
         if rec["kind"] == "attack" and rec["threat"]["raw_radius"] != "inf":
             assert max(rec["per_example"]["perturbation_norm"]) <= rec["threat"]["raw_radius"] + 1e-6
             assert len(rec["per_example"]["robust_correct"]) == rec["dataset"]["n"] == 30
-            assert rec["schema_version"] == 1 and rec["environment"]["torch"]
+            assert rec["schema_version"] == SCHEMA_VERSION == 2 and rec["environment"]["torch"]
 
 
 def test_resume_skips_finished_runs_and_same_seed_is_identical(submissions, tmp_path):
