@@ -1,12 +1,14 @@
 """The README's results table, in the spirit of Table 1 of Athalye, Carlini & Wagner (2018).
 
 Per defense and dataset: the example count, clean accuracy, and the accuracy a naive
-evaluation reports (``pgd``: PGD on raw gradients) next to Gauntlet's adaptive
-per-example worst case over every attack (with the strongest single attack), at the
-two fixed threats ``linf-0.031`` and ``l2-0.005`` and, when present, at the ε-sweep
-points ``linf-0.1`` and ``linf-0.3`` (MNIST models lose little at 0.031 even
-undefended, so the naive-versus-adaptive gap shows at larger ε; sweep points run only
-``pgd`` and the strongest attack at the fixed threat).
+evaluation reports (the naive baseline: the attack whose result records the
+``naive_baseline`` trait, PGD on raw gradients, or its rejection-blind variant against a
+detector) next to Gauntlet's adaptive per-example worst case over every attack, with its
+exact 95% interval and the strongest single attack, at the two fixed threats
+``linf-0.031`` and ``l2-0.005`` and, when present, at the ε-sweep points ``linf-0.1``,
+``linf-0.3`` and ``l2-0.05`` (MNIST models lose little at 0.031 even undefended, so the
+naive-versus-adaptive gap shows at larger ε). Every ε of a sweep is a full threat model:
+every applicable attack runs there.
 
 Every number comes from result files through :mod:`leaderboard.aggregate` (the site's
 numbers); nothing is re-implemented here. ``gauntlet report [--results DIR] [--readme
@@ -26,12 +28,10 @@ from benchmark.summary import md
 
 START = "<!-- gauntlet:table:start -->"
 END = "<!-- gauntlet:table:end -->"
-#: The naive attack of a defense that rejects inputs: PGD blind to the reject option.
-BLIND_ATTACK = "pgd-blind"
 #: ε-sweep points shown beside the fixed threats when any defense has results there.
-SWEEP_POINTS = ("linf-0.1", "linf-0.3")
+SWEEP_POINTS = ("linf-0.1", "linf-0.3", "l2-0.05")
 _TITLE = {"linf-0.031": "ℓ∞ ε = 0.031", "l2-0.005": "ℓ2 ε = 0.005 (RMS)", "linf-0.1": "ℓ∞ ε = 0.1",
-          "linf-0.3": "ℓ∞ ε = 0.3"}
+          "linf-0.3": "ℓ∞ ε = 0.3", "l2-0.05": "ℓ2 ε = 0.05 (RMS)"}
 
 
 class ReportError(ValueError):
@@ -42,8 +42,13 @@ def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * float(v):.1f}%"
 
 
+def _ci(ci: tuple[float, float] | None) -> str:
+    """`` [75.1, 99.9]`` (percent, with a leading space), or empty when unknown."""
+    return "" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def _cell(board: Any, dataset: str, defense: str, threat: str, notes: set[str]) -> str:
-    """``naive → **worst case** (strongest attack)`` at one threat, with markers."""
+    """``naive → **worst case** [interval] (strongest attack)`` at one threat, with markers."""
     from leaderboard import aggregate as agg
 
     wc = agg.worst_case(board, dataset, defense, threat)
@@ -53,12 +58,10 @@ def _cell(board: Any, dataset: str, defense: str, threat: str, notes: set[str]) 
             notes.add("failed")
             return f"– (all {len(failed)} attacks failed ⚠)"
         return "–"
-    naive = agg.NAIVE_ATTACK
-    if BLIND_ATTACK in wc.per_attack:  # a detector: the naive evaluation ignores rejection
-        naive = BLIND_ATTACK
+    if wc.naive_blind:  # a detector: the naive evaluation ignores rejection
         notes.add("blind")
-    text = f"{_pct(wc.per_attack.get(naive))}{' ‡' if naive == BLIND_ATTACK else ''} → **{_pct(wc.accuracy)}** " \
-           f"({md(wc.strongest)})"
+    text = f"{_pct(wc.naive_accuracy)}{' ‡' if wc.naive_blind else ''} → **{_pct(wc.accuracy)}**" \
+           f"{_ci(wc.accuracy_ci)} ({md(wc.strongest)})"
     if agg.reduced_budgets(board, dataset, defense, threat):
         notes.add("reduced")
         text += " †"
@@ -87,8 +90,8 @@ def render_table(results_dir: Path) -> str:
     board = agg.load_board(Path(results_dir))
     threats = list(FIXED_THREATS) + [t for t in SWEEP_POINTS if any(r.threat == t for r in board.runs)]
     ranked = agg.leaderboard(board)
-    header = ["Defense", "Dataset", "Examples", "Clean"] + [
-        f"{_TITLE.get(t, t)}: pgd → worst case (strongest)" for t in threats]
+    header = ["Defense", "Dataset", "Examples", "Clean [95% interval]"] + [
+        f"{_TITLE.get(t, t)}: naive → worst case [95% interval] (strongest)" for t in threats]
     out = [f"Profile: {md(agg.profile_summary(board.runs)['label'])}.", "",
            "| " + " | ".join(header) + " |", "| --- | --- | ---: | ---: |" + " --- |" * len(threats)]
     notes: set[str] = set()
@@ -103,18 +106,23 @@ def render_table(results_dir: Path) -> str:
             else:
                 wcs = [agg.worst_case(board, dataset, defense, t) for t in FIXED_THREATS]
                 base = next((w for w in wcs if w is not None and w.accuracy is not None), None)
-                cells = [name, md(dataset), str(base.n) if base else "–", _pct(base.clean_accuracy if base else None)]
+                cells = [name, md(dataset), str(base.n) if base else "–",
+                         _pct(base.clean_accuracy if base else None) + _ci(base.clean_ci if base else None)]
                 cells += [_cell(board, dataset, defense, t, notes) for t in threats]
             out.append("| " + " | ".join(cells) + " |")
     if len(out) == 4:
         out.append("| (no results) |" + " |" * (len(header) - 1))
-    out += ["", f"Naive = `{agg.NAIVE_ATTACK}` alone (PGD on raw gradients); worst case = per example, the minimum "
-            "over every attack run at that threat, then the mean (it can be lower than any single attack); in "
-            "parentheses the strongest single attack. Sweep points run only `pgd` (and `pgd-blind` against a "
-            "defense that rejects) and the strongest attack of the fixed threat."]
+    naive = [f"`{a}`" for a, c in board.catalog.items() if (c.get("traits") or {}).get("naive_baseline")]
+    out += ["", f"Naive = the naive baseline alone ({' or '.join(naive) or 'the naive_baseline attack'}: PGD on raw "
+            "gradients); worst case = per example, the minimum over every attack run at that threat, then the mean "
+            "(it can be lower than any single attack); in parentheses the strongest single attack. Every ε, sweep "
+            "points included, is a full threat model: every applicable attack runs there. [low, high] = the exact "
+            "95% interval of the worst case, in percent (Clopper–Pearson over the examples scored; for a "
+            "randomized defense's fractional scores the bounds at the floor and ceiling of their sum), and of the "
+            "clean accuracy in its column."]
     if "blind" in notes:
-        out += ["", f"‡ the defense rejects inputs: naive = `{BLIND_ATTACK}`, PGD blind to the reject option (a "
-                "rejected adversarial input counts as a defense win); every other attack is rejection-aware."]
+        out += ["", "‡ the defense rejects inputs: naive = the rejection-blind baseline (traits naive_baseline and "
+                "needs_rejection), PGD blind to the reject option; every other attack is rejection-aware."]
     if "reduced" in notes:
         out += ["", "† some attack ran with a reduced budget declared in the manifest (reason on the site)."]
     if "failed" in notes:

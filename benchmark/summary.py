@@ -2,12 +2,14 @@
 
 ``python -m benchmark.summary RESULTS [--submissions DIR]`` prints, per dataset and fixed
 threat model, one row per defense: clean accuracy, the claimed accuracy (with its
-threat and source), the measured per-example worst case over every attack, the
-certified accuracy, the raised gradient-masking flags, the attacks still missing and
-the attacks whose job failed; then every failed job (``kind: "error"`` records). As on
-the site, a row with a failed attack is marked incomplete and left unranked (its worst
-case is over the attacks that finished, an upper bound) and a defense that could not be
-built shows its error instead of numbers. It reads result files and the
+threat and source, and the claim's verdict), the measured per-example worst case over
+every attack, the certified accuracy, the raised gradient-masking flags, the attacks
+still missing and the attacks whose job failed; then every failed job (``kind: "error"``
+records). Every accuracy carries its exact 95% interval ``[low, high]``; ``≈`` after a
+rank marks a row whose worst-case interval overlaps the next ranked row's (their order
+is not significant). As on the site, a row with a failed attack is marked incomplete and
+left unranked (its worst case is over the attacks that finished, an upper bound) and a
+defense that could not be built shows its error instead of numbers. It reads result files and the
 ``manifest.json`` files the runner writes beside them only, through
 :mod:`leaderboard.aggregate`, so its numbers are the site's. Submitter strings are
 escaped for Markdown and HTML.
@@ -41,6 +43,15 @@ def _num(v: Any) -> str:
     return f"{float(v):.3f}" if _given(v) and not math.isnan(float(v)) else "–"
 
 
+def _with_ci(row: dict[str, Any], name: str) -> str:
+    """``0.800 [0.444, 0.975]``: a column and its interval columns (``–`` when missing)."""
+    text = _num(row.get(name))
+    low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    if text != "–" and _given(low) and _given(high):
+        text += f" [{float(low):.3f}, {float(high):.3f}]"
+    return text
+
+
 def _claim(row: dict[str, Any]) -> str:
     if not _given(row.get("claim_accuracy")):
         return "–"
@@ -49,13 +60,20 @@ def _claim(row: dict[str, Any]) -> str:
         where += f" on {row['claim_dataset']}"
     text = f"{_num(row['claim_accuracy'])} ({md(where)}"
     text += f", {md(row['claim_source'])})" if _given(row.get("claim_source")) else ")"
+    if _given(row.get("claim_verdict")):
+        verdict = str(row["claim_verdict"])
+        if verdict == "context":
+            reasons = ([f"claim on {row['claim_dataset']}"] if _given(row.get("claim_dataset")) else []) + (
+                ["another model"] if row.get("claim_same_model") is False else [])
+            verdict = "context: " + ", ".join(reasons) if reasons else verdict
+        text += f": {md(verdict)}"
     return text
 
 
 def _worst(row: dict[str, Any]) -> str:
     if _given(row.get("build_error")):
         return f"**build failed**: {md(row['build_error'])}"
-    text = _num(row.get("robust_accuracy"))
+    text = _with_ci(row, "robust_accuracy")
     if row.get("incomplete"):
         text += " **incomplete** (upper bound)"
     if row.get("not_reproduced"):
@@ -93,14 +111,21 @@ def render(results_dir: Path, submissions_dir: Path | None = None) -> str:
                 "| ---: | --- | ---: | --- | ---: | ---: | --- | ---: | --- | --- |"]
         for row in group.to_dict("records"):
             rank = str(row["rank"]) if _given(row["rank"]) else "–"
+            if row.get("overlaps_next"):
+                rank += " ≈"
             attacks = len([a for a in str(row.get("attacks_run") or "").split(";") if a])
-            cert = _num(row.get("certified_accuracy"))
+            cert = _with_ci(row, "certified_accuracy")
             if _given(row.get("reduced_budget")):
                 attacks = f"{attacks} (reduced budget: {_list(row['reduced_budget'])})"
-            out.append(f"| {rank} | {md(row['defense'])}: {md(row['name'])} | {_num(row.get('clean_accuracy'))} "
+            out.append(f"| {rank} | {md(row['defense'])}: {md(row['name'])} | {_with_ci(row, 'clean_accuracy')} "
                        f"| {_claim(row)} | {_worst(row)} | {cert} | {_list(row.get('flags_raised'))} "
                        f"| {attacks} | {_list(row.get('missing_attacks'))} | {_list(row.get('failed_attacks'))} |")
         out.append("")
+    if len(table):
+        out += ["[low, high]: exact 95% interval (Clopper–Pearson over the examples scored). ≈ after a rank: this "
+                "row's worst-case interval overlaps the next ranked row's, so their order is not significant. "
+                "A claim is judged only on its own dataset, threat and model: not reproduced when it lies above "
+                "the worst case's interval.", ""]
     errors = [r for r in board.runs if r.kind == "error"]
     if errors:
         out += [f"### Failed jobs ({len(errors)})", "", "| job | error | seconds | message |",

@@ -1,9 +1,10 @@
-"""Result files → tables: per-example worst case, ranking, claim gaps, flags, missing and
-failed attacks.
+"""Result files → tables: per-example worst case, ranking, claims, flags, missing and
+failed attacks, each figure with its exact 95% interval.
 
 Every number the site shows is computed here, in Python; the templates only lay it out.
-Loading and checking the files is :mod:`leaderboard.board` (re-exported here); the
-per-defense page's tables are :mod:`leaderboard.details`.
+Loading and checking the files is :mod:`leaderboard.board`, the worst case and its
+intervals :mod:`leaderboard.worst`, claims :mod:`leaderboard.claims` (all re-exported
+here); the per-defense page's tables are :mod:`leaderboard.details`.
 
 Scoring (DESIGN.md): an example counts as robust at a threat model only if it survives
 every attack run there, so the headline is the mean over examples of the minimum over
@@ -11,115 +12,34 @@ attacks of ``robust_correct`` (the per-example worst case, as AutoAttack reports
 A failed job (``kind: "error"``) is never a survived attack: the worst case is over the
 attacks that finished, the row is marked incomplete and is not ranked (its number is
 only an upper bound), and a defense that could not be built shows its error instead
-of numbers.
+of numbers. Ranked neighbours whose worst-case intervals overlap are marked
+(``overlaps_next``): their order is not significant.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from benchmark.intervals import overlap
 from benchmark.threats import FIXED_THREATS
-# Re-exported: callers load and index results through this module.
-from leaderboard.board import MANIFEST_FILE, Board, Run, attack_catalog, attack_order, load_board  # noqa: F401
+# Re-exported: callers load, score and judge results through this module.
+from leaderboard.board import (MANIFEST_FILE, Board, Run, attack_catalog, attack_order,  # noqa: F401
+                               attack_traits, load_board)
+from leaderboard.claims import RULE as CLAIM_RULE  # noqa: F401
+from leaderboard.claims import claim_gap, context_reasons, pick_claim, verdict  # noqa: F401
 from leaderboard.job_errors import JobError
+from leaderboard.worst import (Certified, Interval, OtherFigure, WorstCase, abstains,  # noqa: F401
+                               certificate_interval, certified, certified_curve, defense_facts,
+                               failed_attacks, interval, naive_attack, threat_dim, worst_case)
 
-#: A claim is marked "not reproduced" when claim − measured exceeds this.
-GAP_TOLERANCE = 0.05
-#: The attack a naive evaluation runs (the "claimed versus measured" baseline).
-NAIVE_ATTACK = "pgd"
-
-
-@dataclass(frozen=True)
-class WorstCase:
-    """The per-example worst case over the attacks run at one threat model.
-
-    Attributes:
-        accuracy: mean over examples of min over attacks of ``robust_correct``.
-        worst_of_draws: the same with ``robust_correct_worst`` (worst of R draws).
-        clean_accuracy: mean clean accuracy (averaged over the attacks' clean passes).
-        n: examples common to every attack (the ones scored).
-        attacks: attacks included, in display order.
-        strongest: the single attack with the lowest robust accuracy.
-        strongest_accuracy: that attack's robust accuracy on the common examples.
-        per_attack: robust accuracy of each attack on the common examples.
-        uneven: True when the attacks did not all cover the same examples.
-        failed: attacks whose job failed at this threat (not in the worst case).
-    """
-
-    accuracy: float | None
-    worst_of_draws: float | None
-    clean_accuracy: float | None
-    n: int
-    attacks: list[str]
-    strongest: str | None
-    strongest_accuracy: float | None
-    per_attack: dict[str, float]
-    uneven: bool
-    failed: list[str] = field(default_factory=list)
-
-    @property
-    def incomplete(self) -> bool:
-        """True when some attack failed: the worst case is then only an upper bound."""
-        return bool(self.failed)
-
-
-# -- worst case ------------------------------------------------------------------------
-
-def worst_case(board: Board, dataset: str, defense: str, threat: str) -> WorstCase | None:
-    """Per-example worst case over every attack run at one threat model (None: no run).
-
-    Examples are aligned by their test-split index; when attacks covered different
-    examples, only the examples common to all of them are scored (``uneven``). Attacks
-    whose job failed are not part of it; they are listed in ``failed``.
-    """
-    runs = board.select("attack", dataset, defense, threat)
-    if not runs:
-        return None
-    failed = failed_attacks(board, dataset, defense, threat)
-    order = attack_order(board, [r.record["attack"]["id"] for r in runs])
-    by_id = {r.record["attack"]["id"]: r for r in runs}
-
-    def frame(key: str) -> pd.DataFrame:
-        cols = {a: pd.Series(by_id[a].record["per_example"][key],
-                             index=by_id[a].record["dataset"]["indices"], dtype=float) for a in order}
-        return pd.concat(cols, axis=1, join="inner")
-
-    robust, worst, clean = frame("robust_correct"), frame("robust_correct_worst"), frame("clean_correct")
-    sizes = {len(r.record["dataset"]["indices"]) for r in runs}
-    n = len(robust)
-    if n == 0:
-        return WorstCase(None, None, None, 0, order, None, None, {}, True, failed)
-    per_attack = {a: float(robust[a].mean()) for a in order}
-    strongest = min(order, key=lambda a: (per_attack[a], order.index(a)))
-    return WorstCase(
-        accuracy=float(robust.min(axis=1).mean()),
-        worst_of_draws=float(worst.min(axis=1).mean()),
-        clean_accuracy=float(clean.mean(axis=1).mean()),
-        n=n, attacks=order, strongest=strongest, strongest_accuracy=per_attack[strongest],
-        per_attack=per_attack, uneven=len(sizes) > 1 or n != sizes.pop(), failed=failed)
-
-
-def failed_attacks(board: Board, dataset: str, defense: str, threat: str) -> list[str]:
-    """Attacks whose job failed at a threat model (error records at attack paths, build
-    failures included), in registry order."""
-    return attack_order(board, [e.name for e in board.errors(dataset, defense, threat) if e.is_attack_slot])
+#: Tooltip of the marker between ranked rows whose intervals overlap.
+OVERLAP_TOOLTIP = "95% intervals overlap: the order of these rows is not significant"
 
 
 def prepare_error(board: Board, dataset: str, defense: str) -> JobError | None:
     """The build failure of a defense (job kind ``prepare``), if any of its jobs has one."""
     return next((e for e in board.errors(dataset, defense) if e.job == "prepare"), None)
-
-
-def defense_facts(board: Board, dataset: str, defense: str) -> dict[str, Any]:
-    """The defense facts its attack records carry (randomized, differentiable, rejects,
-    reparameterization); empty for results written before facts were recorded."""
-    for r in board.select("attack", dataset, defense):
-        facts = r.record.get("defense", {}).get("facts")
-        if facts:
-            return dict(facts)
-    return {}
 
 
 def not_applicable_attacks(board: Board, dataset: str, defense: str) -> dict[str, str]:
@@ -154,45 +74,7 @@ def missing_attacks(board: Board, dataset: str, defense: str, threat: str) -> li
     return attack_order(board, sorted(expected - present))
 
 
-# -- claims, flags, certificates --------------------------------------------------------
-
-def pick_claim(manifest: dict[str, Any], dataset: str, threat: str) -> dict[str, Any] | None:
-    """The claim shown in a threat's column: same threat id first, then same norm;
-    claims on this dataset before claims made on another one."""
-    norm = threat.split("-")[0]
-    claims = manifest.get("claims") or []
-
-    def other(c: dict[str, Any]) -> bool:
-        return c.get("dataset") not in (None, dataset)
-
-    for match in (lambda c: c["threat"] == threat, lambda c: c["threat"].split("-")[0] == norm):
-        found = [c for c in claims if match(c)]
-        if found:
-            return sorted(found, key=other)[0]
-    return None
-
-
-def claim_gap(board: Board, dataset: str, defense: str, claim: dict[str, Any]) -> dict[str, Any]:
-    """Claim versus the worst case measured at the claim's own threat model.
-
-    Returns:
-        dict with ``claimed``, ``threat``, ``source``, ``other_dataset`` (the claim's
-        dataset when not this one), ``measured`` (None when that threat was not run),
-        ``gap`` = claimed − measured, ``not_reproduced`` = gap > GAP_TOLERANCE and
-        ``incomplete`` (some attack failed at that threat: measured is an upper bound, so
-        "reproduced" cannot be concluded, while "not reproduced" still holds).
-    """
-    wc = worst_case(board, dataset, defense, claim["threat"])
-    measured = wc.accuracy if wc else None
-    gap = None if measured is None else float(claim["accuracy"]) - measured
-    other = claim.get("dataset") if claim.get("dataset") not in (None, dataset) else None
-    return {"claimed": float(claim["accuracy"]), "threat": claim["threat"], "source": claim.get("source"),
-            "other_dataset": other, "measured": measured, "gap": gap,
-            # Rounded so a gap of exactly the tolerance is not flagged by float noise.
-            "not_reproduced": gap is not None and round(gap, 9) > GAP_TOLERANCE,
-            "attacks": len(wc.attacks) if wc else 0,
-            "incomplete": bool(failed_attacks(board, dataset, defense, claim["threat"]))}
-
+# -- flags ------------------------------------------------------------------------------
 
 def flags(board: Board, dataset: str, defense: str, threat: str) -> list[dict[str, Any]] | None:
     """Every flag evaluated at a threat model (None when no flags file exists)."""
@@ -230,16 +112,6 @@ def flag_docs(board: Board) -> dict[str, str]:
             for f in r.record["flags"]:
                 docs.setdefault(f["id"], f.get("meaning") or "")
     return docs
-
-
-def certified(board: Board, dataset: str, defense: str, threat: str) -> tuple[float, str] | None:
-    """(certified accuracy, method) at a threat model, the best over certificates."""
-    found = []
-    for r in board.select("certify", dataset, defense):
-        value = r.record["summary"]["certified_accuracy"].get(threat)
-        if value is not None:
-            found.append((float(value), r.record["method"]))
-    return max(found) if found else None
 
 
 # -- budgets and profiles ------------------------------------------------------------------
@@ -305,13 +177,15 @@ def leaderboard(board: Board) -> pd.DataFrame:
     are listed by clean accuracy, then id. Ranked rows come first; then, unranked, the
     incomplete rows (some attack failed, so their worst case is only an upper bound),
     then the defenses without an attack result at the threat (or that could not be built).
+    ``overlaps_next`` marks a ranked row whose worst-case interval overlaps the next
+    ranked row's. Every accuracy column ``x`` has ``x_ci_low`` and ``x_ci_high`` beside it.
     """
     rows = []
     for dataset in board.datasets():
         for threat in FIXED_THREATS:
             for defense in board.defenses(dataset):
                 rows.append(_row(board, dataset, defense, threat))
-    df = pd.DataFrame(rows, columns=_COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
     order = {"dataset": board.datasets(), "threat": list(FIXED_THREATS)}
@@ -323,16 +197,41 @@ def leaderboard(board: Board) -> pd.DataFrame:
                         key=lambda s: s.map(order[s.name].index) if s.name in order else s)
     df["rank"] = (df["_key"].where(df["_group"] == 0).groupby([df["dataset"], df["threat"]])
                   .rank(method="min", ascending=False).astype("Int64"))
-    return df.drop(columns=["_key", "_clean", "_group"]).reset_index(drop=True)
+    df = df.drop(columns=["_key", "_clean", "_group"]).reset_index(drop=True)
+    df["overlaps_next"] = _overlaps_next(df)
+    return df
 
 
-_COLUMNS = ["dataset", "threat", "rank", "defense", "name", "paper_title", "paper_url", "venue",
-            "authors", "clean_accuracy", "claim_accuracy", "claim_threat", "claim_source",
-            "claim_dataset", "claim_measured", "claim_gap", "not_reproduced", "claim_incomplete",
-            "robust_accuracy", "robust_accuracy_worst_of_draws", "strongest_attack", "pgd_accuracy",
-            "certified_accuracy", "certificate", "flags_raised", "attacks_run", "missing_attacks",
-            "failed_attacks", "incomplete", "build_error", "job_errors", "reduced_budget", "profile", "n",
-            "run_date"]
+def _overlaps_next(df: pd.DataFrame) -> list[bool]:
+    """Per row: ranked, and its worst-case interval overlaps the next ranked row's."""
+    out = [False] * len(df)
+    for _, group in df.groupby(["dataset", "threat"], sort=False):
+        ranked = [i for i in group.index if not pd.isna(df.at[i, "rank"])]
+        for i, j in zip(ranked, ranked[1:]):
+            a = (df.at[i, "robust_accuracy_ci_low"], df.at[i, "robust_accuracy_ci_high"])
+            b = (df.at[j, "robust_accuracy_ci_low"], df.at[j, "robust_accuracy_ci_high"])
+            out[i] = not any(pd.isna(v) for v in (*a, *b)) and overlap(a, b)
+    return out
+
+
+def _ci_columns(name: str) -> list[str]:
+    return [name, f"{name}_ci_low", f"{name}_ci_high"]
+
+
+#: Columns of :func:`leaderboard` (hence of leaderboard.csv and leaderboard.json).
+COLUMNS = ["dataset", "threat", "rank", "overlaps_next", "defense", "name", "paper_title", "paper_url", "venue",
+           "authors", *_ci_columns("clean_accuracy"), "claim_accuracy", "claim_threat", "claim_source",
+           "claim_dataset", "claim_same_model", "claim_judged", "claim_verdict",
+           *_ci_columns("claim_measured"), "claim_gap", "not_reproduced", "claim_incomplete",
+           *_ci_columns("robust_accuracy"), *_ci_columns("robust_accuracy_worst_of_draws"),
+           "strongest_attack", *_ci_columns("strongest_accuracy"), "naive_attack", "naive_blind",
+           *_ci_columns("naive_accuracy"), *_ci_columns("certified_accuracy"), "certificate", "flags_raised",
+           "attacks_run", "missing_attacks", "failed_attacks", "incomplete", "build_error", "job_errors",
+           "reduced_budget", "profile", "n", "run_date"]
+
+
+def _with_ci(name: str, value: float | None, ci: Interval | None) -> dict[str, float | None]:
+    return {name: value, f"{name}_ci_low": ci[0] if ci else None, f"{name}_ci_high": ci[1] if ci else None}
 
 
 def _row(board: Board, dataset: str, defense: str, threat: str) -> dict[str, Any]:
@@ -348,25 +247,32 @@ def _row(board: Board, dataset: str, defense: str, threat: str) -> dict[str, Any
     failed = failed_attacks(board, dataset, defense, threat)
     runs = [r for r in board.runs if (r.dataset, r.defense, r.slot) == (dataset, defense, threat)]
     return {
-        "dataset": dataset, "threat": threat, "rank": None, "defense": defense,
+        "dataset": dataset, "threat": threat, "rank": None, "overlaps_next": False, "defense": defense,
         "name": board.name(dataset, defense), "paper_title": paper.get("title"),
         "paper_url": paper.get("url"), "venue": paper.get("venue"),
         "authors": "; ".join(m.get("authors") or []),
-        "clean_accuracy": wc.clean_accuracy if wc else None,
+        **_with_ci("clean_accuracy", wc.clean_accuracy if wc else None, wc.clean_ci if wc else None),
         "claim_accuracy": float(claim["accuracy"]) if claim else None,
         "claim_threat": claim["threat"] if claim else None,
         "claim_source": claim.get("source") if claim else None,
         "claim_dataset": claim.get("dataset") if claim and claim.get("dataset") not in (None, dataset) else None,
-        "claim_measured": gap["measured"] if gap else None,
+        "claim_same_model": bool(claim.get("same_model", True)) if claim else None,
+        "claim_judged": bool(gap and gap["judged"]),
+        "claim_verdict": gap["verdict"] if gap else None,
+        **_with_ci("claim_measured", gap["measured"] if gap else None, gap["measured_ci"] if gap else None),
         "claim_gap": gap["gap"] if gap else None,
         "not_reproduced": bool(gap and gap["not_reproduced"]),
         "claim_incomplete": bool(gap and gap["incomplete"]),
-        "robust_accuracy": wc.accuracy if wc else None,
-        "robust_accuracy_worst_of_draws": wc.worst_of_draws if wc else None,
+        **_with_ci("robust_accuracy", wc.accuracy if wc else None, wc.accuracy_ci if wc else None),
+        **_with_ci("robust_accuracy_worst_of_draws", wc.worst_of_draws if wc else None,
+                   wc.worst_of_draws_ci if wc else None),
         "strongest_attack": wc.strongest if wc else None,
-        "pgd_accuracy": wc.per_attack.get(NAIVE_ATTACK) if wc else None,
-        "certified_accuracy": cert[0] if cert else None,
-        "certificate": cert[1] if cert else None,
+        **_with_ci("strongest_accuracy", wc.strongest_accuracy if wc else None, wc.strongest_ci if wc else None),
+        "naive_attack": wc.naive if wc else None,
+        "naive_blind": bool(wc and wc.naive_blind),
+        **_with_ci("naive_accuracy", wc.naive_accuracy if wc else None, wc.naive_ci if wc else None),
+        **_with_ci("certified_accuracy", cert.accuracy if cert else None, cert.ci if cert else None),
+        "certificate": cert.method if cert else None,
         "flags_raised": ";".join(f["id"] for f in fl if f["raised"]),
         "attacks_run": ";".join(wc.attacks) if wc else "",
         "missing_attacks": "" if build else ";".join(missing_attacks(board, dataset, defense, threat)),

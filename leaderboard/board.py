@@ -21,6 +21,8 @@ from leaderboard.job_errors import JobError, check_error, job_error
 
 MANIFEST_FILE = "manifest.json"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: Per-example scores of schema 2 that older records lack (checked when present).
+_OPTIONAL_SCORES = ("robust_correct_reject_as_win", "robust_correct_reject_as_error")
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,10 @@ class Board:
         results_dir: the folder read.
         runs: every result file, sorted by path.
         manifests: manifest facts per (dataset, defense), a JSON-ready dict.
-        catalog: attack id → {summary, params, gradient_free, needs_reparameterization, not_applicable(facts) -> reason or None},
-            in registry order (the methodology page and the missing-attack rule).
+        catalog: attack id → {summary, params, gradient_free, needs_reparameterization, traits,
+            not_applicable(facts) -> reason or None}, in registry order (the methodology page,
+            the missing-attack rule, and the traits of records written before they carried
+            ``attack.traits``).
     """
 
     results_dir: Path
@@ -158,10 +162,14 @@ def _check(path: Path, run_id: str, record: dict[str, Any]) -> None:
             if (record["threat"]["id"], record["attack"]["id"]) != (parts[2], parts[3]):
                 raise ValueError("threat.id/attack.id do not match the path")
             get_threat(record["threat"]["id"])
-            for key in ("clean_correct", "robust_correct", "robust_correct_worst"):
+            for key in ("clean_correct", "robust_correct", "robust_correct_worst", *_OPTIONAL_SCORES):
+                if key not in record["per_example"] and key in _OPTIONAL_SCORES:
+                    continue
                 if len(record["per_example"][key]) != n:
                     raise ValueError(f"per_example.{key} has {len(record['per_example'][key])} "
                                      f"entries for {n} indices")
+                if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in record["per_example"][key]):
+                    raise ValueError(f"per_example.{key} has a score outside [0, 1]")
             float(record["summary"]["robust_accuracy"])
         elif kind == "flags":
             if record["threat"]["id"] != parts[2] or parts[3] != "flags":
@@ -205,7 +213,8 @@ def _manifest(results_dir: Path, submissions_dir: Path | None, key: tuple[str, s
 
 
 def attack_catalog() -> dict[str, dict[str, Any]]:
-    """Every registered attack with its summary and default parameters (registry order)."""
+    """Every registered attack with its summary, default parameters and traits
+    (``Attack.traits()``: naive_baseline, adaptive, needs_rejection, …), in registry order."""
     from attacks.base import ATTACKS
     from attacks.registry import attack_ids, make_attack
 
@@ -215,8 +224,17 @@ def attack_catalog() -> dict[str, dict[str, Any]]:
         out[attack_id] = {"summary": cls.summary, "params": make_attack(attack_id).describe()["params"],
                           "gradient_free": bool(cls.gradient_free),
                           "needs_reparameterization": bool(cls.needs_reparameterization),
-                          "not_applicable": cls.not_applicable}
+                          "traits": dict(cls.traits()), "not_applicable": cls.not_applicable}
     return out
+
+
+def attack_traits(board: Board, record: dict[str, Any]) -> dict[str, bool]:
+    """The traits of the attack of a result record: ``attack.traits`` as recorded (schema 2),
+    else the registry catalog's traits for its id (older records), else none known."""
+    recorded = (record.get("attack") or {}).get("traits")
+    if isinstance(recorded, dict):
+        return {str(k): bool(v) for k, v in recorded.items()}
+    return dict((board.catalog.get((record.get("attack") or {}).get("id")) or {}).get("traits") or {})
 
 
 def attack_order(board: Board, ids: list[str]) -> list[str]:

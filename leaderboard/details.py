@@ -11,19 +11,52 @@ from typing import Any
 import pandas as pd
 
 from benchmark.threats import get_threat
-from leaderboard.aggregate import NAIVE_ATTACK, budget_change, profile_summary, worst_case
-from leaderboard.board import Board, attack_order
+from leaderboard.aggregate import budget_change, profile_summary
+from leaderboard.board import Board, attack_order, attack_traits
+from leaderboard.worst import Interval, abstains, interval, other_key, summary_interval, worst_case
 
-#: Columns of :func:`attack_table`.
-ATTACK_COLUMNS = ["attack", "summary", "params", "override_reason", "budget_change", "n", "clean_accuracy",
-                  "robust_accuracy", "robust_accuracy_worst_of_draws", "clean_rejection_rate",
-                  "adv_rejection_rate", "draws", "wall_seconds", "run_id", "error_kind", "error_job",
-                  "error_message", "error_traceback"]
+#: Figures of an attack record: column name → (per-example key, summary key).
+_FIGURES = {"robust_accuracy": ("robust_correct", "robust_accuracy"),
+            "robust_accuracy_worst_of_draws": ("robust_correct_worst", "robust_accuracy_worst_of_draws"),
+            "clean_accuracy": ("clean_correct", "clean_accuracy"),
+            "clean_rejection_rate": ("clean_rejected", "clean_rejection_rate"),
+            "adv_rejection_rate": ("adv_rejected", "adv_rejection_rate")}
+
+
+def _ci_names(name: str) -> list[str]:
+    return [name, f"{name}_ci_low", f"{name}_ci_high"]
+
+
+#: Columns of :func:`attack_table`. ``robust_accuracy_other`` is the figure under the
+#: other reading of a rejected adversarial input (``other_rejection``: ``win`` or ``error``).
+ATTACK_COLUMNS = ["attack", "summary", "params", "override_reason", "budget_change", "naive", "blind", "n",
+                  *_ci_names("clean_accuracy"), *_ci_names("robust_accuracy"),
+                  *_ci_names("robust_accuracy_worst_of_draws"), *_ci_names("clean_rejection_rate"),
+                  *_ci_names("adv_rejection_rate"), *_ci_names("robust_accuracy_other"), "other_rejection",
+                  "draws", "wall_seconds", "run_id", "error_kind", "error_job", "error_message", "error_traceback"]
+
+
+def _figure(per_example: dict[str, Any], summary: dict[str, Any], key: str,
+            summary_key: str) -> tuple[float | None, Interval | None]:
+    """A figure of one record and its interval, from the per-example array when recorded
+    (the summary's value and ``_ci`` otherwise)."""
+    scores = per_example.get(key)
+    if scores:
+        return float(sum(scores) / len(scores)), interval(scores)
+    value = summary.get(summary_key)
+    return (None if value is None else float(value)), summary_interval(summary, f"{summary_key}_ci")
+
+
+def _with_ci(name: str, value: float | None, ci: Interval | None) -> dict[str, Any]:
+    return {name: value, f"{name}_ci_low": ci[0] if ci else None, f"{name}_ci_high": ci[1] if ci else None}
 
 
 def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.DataFrame:
     """One row per attack job at a threat model, in registry order.
 
+    Every accuracy and rejection rate comes with its exact 95% interval (``_ci_low``,
+    ``_ci_high``) from the record's per-example arrays. ``naive`` marks the naive
+    baseline the worst case compares with (by trait), ``blind`` a rejection-blind attack.
     A failed job (an error record at the attack's path, a build failure included) is a
     row with ``error_kind``, ``error_job`` (``attack`` or ``prepare``), ``error_message``
     and ``error_traceback`` set and no accuracies; ``wall_seconds`` is then the time
@@ -31,24 +64,31 @@ def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.Da
     """
     runs = board.select("attack", dataset, defense, threat)
     errors = [e for e in board.errors(dataset, defense, threat) if e.is_attack_slot]
+    wc = worst_case(board, dataset, defense, threat)
+    other, reading = other_key(abstains(board, dataset, defense))
     rows = []
     for r in runs:
-        rec, s = r.record, r.record["summary"]
+        rec, s, per = r.record, r.record["summary"], r.record["per_example"]
         params = rec["attack"].get("params") or {}
         reason = rec["attack"].get("override_reason")
-        rows.append({
-            "attack": rec["attack"]["id"], "summary": rec["attack"].get("summary"), "params": params,
-            "override_reason": reason,
-            "budget_change": budget_change(board, rec["attack"]["id"], params) if reason else None,
-            "n": s.get("n"), "clean_accuracy": s.get("clean_accuracy"),
-            "robust_accuracy": s["robust_accuracy"],
-            "robust_accuracy_worst_of_draws": s.get("robust_accuracy_worst_of_draws"),
-            "clean_rejection_rate": s.get("clean_rejection_rate"),
-            "adv_rejection_rate": s.get("adv_rejection_rate"), "draws": rec.get("draws"),
-            "wall_seconds": rec.get("timing", {}).get("wall_seconds"), "run_id": r.run_id})
+        row = {"attack": rec["attack"]["id"], "summary": rec["attack"].get("summary"), "params": params,
+               "override_reason": reason,
+               "budget_change": budget_change(board, rec["attack"]["id"], params) if reason else None,
+               "naive": bool(wc and wc.naive == rec["attack"]["id"]),
+               "blind": bool(attack_traits(board, rec).get("needs_rejection")),
+               "n": s.get("n", len(rec["dataset"]["indices"])), "draws": rec.get("draws"),
+               "wall_seconds": rec.get("timing", {}).get("wall_seconds"), "run_id": r.run_id}
+        for name, (key, summary_key) in _FIGURES.items():
+            row.update(_with_ci(name, *_figure(per, s, key, summary_key)))
+        summary_other = "robust_accuracy_" + other.removeprefix("robust_correct_")
+        value, ci = _figure(per, s, other, summary_other)
+        row.update(_with_ci("robust_accuracy_other", value, ci))
+        row["other_rejection"] = reading if value is not None else None
+        rows.append(row)
     for e in errors:
         rows.append({"attack": e.name, "summary": (board.catalog.get(e.name) or {}).get("summary"),
-                     "params": e.params, "override_reason": None, "budget_change": None,
+                     "params": e.params, "override_reason": None, "budget_change": None, "naive": False,
+                     "blind": bool(((board.catalog.get(e.name) or {}).get("traits") or {}).get("needs_rejection")),
                      "wall_seconds": e.seconds, "run_id": e.run_id, "error_kind": e.kind, "error_job": e.job,
                      "error_message": e.message, "error_traceback": e.traceback})
     order = attack_order(board, [row["attack"] for row in rows])
@@ -56,11 +96,16 @@ def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.Da
     return pd.DataFrame(rows, columns=ATTACK_COLUMNS)
 
 
+#: Columns of :func:`sweep_curve`.
+CURVE_COLUMNS = ["eps", "threat", *_ci_names("worst_case"), "attacks", "naive_attack", *_ci_names("naive"),
+                 "failed"]
+
+
 def sweep_curve(board: Board, dataset: str, defense: str, norm: str) -> pd.DataFrame:
     """Accuracy versus ε for one norm: per-ε worst case over the attacks present at that
-    ε, and the naive ``pgd`` curve where it was run. Columns: eps, threat, worst_case,
-    attacks (count), pgd, failed (attacks whose job failed at that ε); sorted by ε;
-    finite ε only."""
+    ε and the naive baseline's curve (the attack with the ``naive_baseline`` trait), each
+    with its exact 95% interval. Columns: :data:`CURVE_COLUMNS` (``attacks``: count;
+    ``failed``: attacks whose job failed at that ε); sorted by ε; finite ε only."""
     rows = []
     threats = {r.threat for r in board.select("attack", dataset, defense)}
     for t in threats:
@@ -68,17 +113,20 @@ def sweep_curve(board: Board, dataset: str, defense: str, norm: str) -> pd.DataF
         if tm.norm != norm or math.isinf(tm.eps):
             continue
         wc = worst_case(board, dataset, defense, t)
-        rows.append({"eps": tm.eps, "threat": t, "worst_case": wc.accuracy, "attacks": len(wc.attacks),
-                     "pgd": wc.per_attack.get(NAIVE_ATTACK, math.nan), "failed": len(wc.failed)})
+        rows.append({"eps": tm.eps, "threat": t, **_with_ci("worst_case", wc.accuracy, wc.accuracy_ci),
+                     "attacks": len(wc.attacks), "naive_attack": wc.naive,
+                     **_with_ci("naive", math.nan if wc.naive_accuracy is None else wc.naive_accuracy, wc.naive_ci),
+                     "failed": len(wc.failed)})
     if len(rows) > 1 and not any(row["eps"] == 0 for row in rows):
         # A sweep ran. Its ε = 0 is not attacked (no perturbation is possible): it is the
         # clean accuracy.
         clean = next(r for r in board.select("attack", dataset, defense) if get_threat(r.threat).norm == norm)
         scores = clean.record["per_example"]["clean_correct"]
         acc = float(sum(scores) / len(scores)) if scores else math.nan
-        rows.append({"eps": 0.0, "threat": f"{norm}-0", "worst_case": acc, "attacks": 0, "pgd": acc, "failed": 0})
-    return pd.DataFrame(rows, columns=["eps", "threat", "worst_case", "attacks", "pgd", "failed"]).sort_values(
-        "eps").reset_index(drop=True)
+        ci = interval(scores)
+        rows.append({"eps": 0.0, "threat": f"{norm}-0", **_with_ci("worst_case", acc, ci), "attacks": 0,
+                     "naive_attack": None, **_with_ci("naive", acc, ci), "failed": 0})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS).sort_values("eps").reset_index(drop=True)
 
 
 def run_metadata(board: Board, dataset: str, defense: str) -> dict[str, Any]:

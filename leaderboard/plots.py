@@ -1,5 +1,6 @@
 """Vector plots for the site, drawn at build time with matplotlib's SVG backend.
 
+Every curve shows the exact 95% interval of each point (a shaded band or error bars).
 Figures are built with :class:`matplotlib.figure.Figure` (no pyplot, no global state)
 and saved as SVG with a fixed hash salt and no date, so a rebuild from the same results
 gives the same bytes. Series differ by marker and line style as well as by color
@@ -35,12 +36,36 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _yerr(df: pd.DataFrame, value: str, low: str, high: str) -> list[list[float]] | None:
+    """Asymmetric error bars (below, above) from interval columns; None when absent."""
+    if low not in df or high not in df:
+        return None
+    lo = pd.to_numeric(df[low], errors="coerce")
+    hi = pd.to_numeric(df[high], errors="coerce")
+    v = pd.to_numeric(df[value], errors="coerce")
+    if lo.isna().all() or hi.isna().all():
+        return None
+    return [list((v - lo).fillna(0).clip(lower=0)), list((hi - v).fillna(0).clip(lower=0))]
+
+
+def _band(ax: object, x: pd.Series, low: pd.Series, high: pd.Series, color: str, step: str | None = None) -> None:
+    """A shaded interval band (nothing when the interval columns are empty)."""
+    lo = pd.to_numeric(low, errors="coerce")
+    hi = pd.to_numeric(high, errors="coerce")
+    keep = ~(lo.isna() | hi.isna())
+    if keep.any():
+        ax.fill_between(list(x[keep]), list(lo[keep]), list(hi[keep]), color=color, alpha=0.18, linewidth=0,
+                        step=step)
+
+
 def eps_curve(curve: pd.DataFrame, norm: str, path: Path,
               fixed_eps: float | None = None) -> Path | None:
-    """Accuracy versus ε: the per-ε worst case over attacks and the naive ``pgd`` curve.
+    """Accuracy versus ε: the per-ε worst case over attacks (shaded 95% band) and the naive
+    baseline's curve (95% error bars).
 
     Args:
-        curve: :func:`leaderboard.aggregate.sweep_curve` output (eps, worst_case, pgd).
+        curve: :func:`leaderboard.details.sweep_curve` output (eps, worst_case, naive and
+            their ``_ci_low``/``_ci_high``).
         norm: ``"linf"`` or ``"l2"`` (axis label).
         path: where to write the SVG.
         fixed_eps: the fixed threat's ε, marked with a vertical line.
@@ -52,12 +77,15 @@ def eps_curve(curve: pd.DataFrame, norm: str, path: Path,
         return None
     with matplotlib.rc_context(_RC):
         fig, ax = _figure()
+        _band(ax, curve["eps"], curve.get("worst_case_ci_low", pd.Series(dtype=float)),
+              curve.get("worst_case_ci_high", pd.Series(dtype=float)), BLUE)
         ax.plot(curve["eps"], curve["worst_case"], color=BLUE, marker="o", markersize=7, linestyle="-",
-                label="worst case over attacks run at that ε")
-        pgd = curve.dropna(subset=["pgd"])
-        if not pgd.empty:
-            ax.plot(pgd["eps"], pgd["pgd"], color=ORANGE, marker="s", markersize=5,
-                    markerfacecolor="white", linestyle="--", label="naive pgd")
+                label="worst case over attacks run at that ε (band: 95% interval)")
+        naive = curve.dropna(subset=["naive"])
+        if not naive.empty:
+            ax.errorbar(naive["eps"], naive["naive"], yerr=_yerr(naive, "naive", "naive_ci_low", "naive_ci_high"),
+                        color=ORANGE, marker="s", markersize=5, markerfacecolor="white", linestyle="--",
+                        capsize=3, elinewidth=1, label="naive baseline (bars: 95% interval)")
         if fixed_eps is not None:
             ax.axvline(fixed_eps, color=GRAY, linestyle=":", linewidth=1)
             ax.annotate(f"fixed ε = {fixed_eps:g}", (fixed_eps, 1.02), fontsize=8, color=GRAY,
@@ -66,33 +94,37 @@ def eps_curve(curve: pd.DataFrame, norm: str, path: Path,
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.08)
         ax.set_xlim(left=0)
-        ax.legend(loc="lower left", fontsize=8, frameon=False)
+        ax.legend(loc="lower left", fontsize=8, frameon=True, framealpha=0.85, edgecolor="none")
         return _save(fig, path)
 
 
-def certified_curve(radius: list[float], accuracy: list[float], threat_radii: dict[str, float],
-                    path: Path, empirical: pd.DataFrame | None = None) -> Path | None:
-    """Certified accuracy versus raw ℓ2 radius, with the fixed threats' radii marked.
+def certified_curve(curve: pd.DataFrame, threat_radii: dict[str, float], path: Path,
+                    empirical: pd.DataFrame | None = None) -> Path | None:
+    """Certified accuracy versus raw ℓ2 radius (shaded 95% band), fixed threats' radii marked.
 
     Args:
-        radius: raw ℓ2 radii of the certified curve.
-        accuracy: certified accuracy at each radius.
+        curve: :func:`leaderboard.worst.certified_curve` output (radius, accuracy, ci_low,
+            ci_high).
         threat_radii: threat id → raw ℓ2 radius ε·√d (vertical lines).
         path: where to write the SVG.
-        empirical: optional (radius, accuracy) rows of empirical worst-case accuracy on
-            the same axes (the ℓ2 sweep converted to raw radius).
+        empirical: optional (radius, accuracy, ci_low, ci_high) rows of empirical worst-case
+            accuracy on the same axes (the ℓ2 sweep converted to raw radius).
 
     Returns:
         ``path``, or None when there is no curve.
     """
-    if not radius:
+    if curve.empty:
         return None
     with matplotlib.rc_context(_RC):
         fig, ax = _figure()
-        ax.step(radius, accuracy, where="post", color=GREEN, linestyle="-", label="certified accuracy")
+        _band(ax, curve["radius"], curve["ci_low"], curve["ci_high"], GREEN, step="post")
+        ax.step(curve["radius"], curve["accuracy"], where="post", color=GREEN, linestyle="-",
+                label="certified accuracy (band: 95% interval)")
         if empirical is not None and not empirical.empty:
-            ax.plot(empirical["radius"], empirical["accuracy"], color=VERMILION, marker="^", linestyle="--",
-                    label="empirical worst case (ℓ2 sweep)")
+            ax.errorbar(empirical["radius"], empirical["accuracy"],
+                        yerr=_yerr(empirical, "accuracy", "ci_low", "ci_high"), color=VERMILION, marker="^",
+                        linestyle="--", capsize=3, elinewidth=1,
+                        label="empirical worst case (ℓ2 sweep; bars: 95% interval)")
         styles = (":", "-.")
         for k, (threat, r) in enumerate(sorted(threat_radii.items(), key=lambda kv: kv[1])):
             if math.isfinite(r):
@@ -103,5 +135,6 @@ def certified_curve(radius: list[float], accuracy: list[float], threat_radii: di
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.08)
         ax.set_xlim(left=0)
-        ax.legend(loc="upper right", fontsize=8, frameon=False, bbox_to_anchor=(1.0, 0.8))
+        ax.legend(loc="upper right", fontsize=8, frameon=True, framealpha=0.85, edgecolor="none",
+                  bbox_to_anchor=(1.0, 0.8))
         return _save(fig, path)

@@ -6,7 +6,8 @@ and renders the Jinja templates with ``autoescape=True``: every submitter string
 escaped, no template marks submitter data ``|safe``, and only http(s) URLs become
 links. The folder is self-contained (no CDN, no network request) and works from
 ``file://``; the tables are complete and ranked without JavaScript, which only adds
-column sorting and a search box.
+column sorting and a search box. Every accuracy is shown with its exact 95% interval
+(a small ``[low, high]`` line with a tooltip; error bars or bands in the plots).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(PACKAGE / "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=pct, pp=pp, sortkey=sortkey, http_url=http_url, params=format_params,
-                       seconds=seconds, num=num)
+                       seconds=seconds, num=num, ci=ci, ci_title=ci_title)
     return env
 
 
@@ -97,6 +98,30 @@ def pct(v: Any) -> str:
 def pp(v: Any) -> str:
     """A difference of accuracies in percentage points, signed: ``+65.0 pp``."""
     return "—" if _missing(v) else f"{100 * float(v):+.1f} pp"
+
+
+def _pair(v: Any) -> tuple[float, float] | None:
+    if v is None or isinstance(v, str):
+        return None
+    try:
+        low, high = v
+    except (TypeError, ValueError):
+        return None
+    return None if _missing(low) or _missing(high) else (float(low), float(high))
+
+
+def ci(v: Any) -> str:
+    """An interval ``(0.683, 0.988)`` → ``[68.3, 98.8]`` (percent); missing → empty."""
+    pair = _pair(v)
+    return "" if pair is None else f"[{100 * pair[0]:.1f}, {100 * pair[1]:.1f}]"
+
+
+def ci_title(v: Any) -> str:
+    """The tooltip of an interval: ``95% interval (exact Clopper–Pearson): 68.3% to 98.8%``."""
+    pair = _pair(v)
+    if pair is None:
+        return ""
+    return f"95% interval (exact Clopper–Pearson): {100 * pair[0]:.1f}% to {100 * pair[1]:.1f}%"
 
 
 def num(v: Any) -> str:
@@ -165,25 +190,30 @@ def _write_downloads(table: pd.DataFrame, site: Path) -> None:
     safe.to_csv(site / "leaderboard.csv", index=False)
 
 
-def _dim(dataset: str, board: agg.Board) -> int | None:
-    if dataset in DATASETS:
-        return DATASETS[dataset].dim
-    dims = [r.record["threat"].get("dim") for r in board.select("attack", dataset)]
-    return next((int(d) for d in dims if d), None)
-
-
 def _defense_url(dataset: str, defense: str) -> str:
     return f"defenses/{dataset}/{defense}.html"
 
 
 # -- page contexts -----------------------------------------------------------------------------
 
+def _common() -> dict[str, Any]:
+    """What every page states: the claim rule and the overlap marker's tooltip."""
+    return {"claim_rule": agg.CLAIM_RULE, "overlap_tooltip": agg.OVERLAP_TOOLTIP}
+
+
+def _claim(board: agg.Board, dataset: str, defense: str, threat: str,
+           build: Any) -> dict[str, Any] | None:
+    """The claim shown in a threat's column, judged (:func:`leaderboard.claims.claim_gap`)."""
+    claim = agg.pick_claim(board.manifests.get((dataset, defense), {}), dataset, threat)
+    return agg.claim_gap(board, dataset, defense, claim, measure=build is None) if claim else None
+
+
 def _index_context(board: agg.Board, table: pd.DataFrame) -> dict[str, Any]:
     tables = []
     for dataset in board.datasets():
         for threat in FIXED_THREATS:
             rows = _records(table[(table["dataset"] == dataset) & (table["threat"] == threat)])
-            for row in rows:
+            for k, row in enumerate(rows):
                 row["url"] = _defense_url(dataset, row["defense"])
                 fl = None if row["build_error"] else agg.flags(board, dataset, row["defense"], threat)
                 row["flags"] = [f for f in fl or [] if f["raised"]]
@@ -200,11 +230,14 @@ def _index_context(board: agg.Board, table: pd.DataFrame) -> dict[str, Any]:
                 row["budgets_tooltip"] = "\n".join(
                     f"{b['attack']}" + (f" ({b['change']})" if b["change"] else "") + f": {b['reason']}"
                     for b in budgets)
-            dim = _dim(dataset, board)
+                build = agg.prepare_error(board, dataset, row["defense"])
+                row["claim"] = _claim(board, dataset, row["defense"], threat, build)
+                row["next_name"] = rows[k + 1]["name"] if row["overlaps_next"] and k + 1 < len(rows) else None
+            dim = agg.threat_dim(board, dataset)
             tables.append({"dataset": dataset, "threat": threat, "title": THREAT_TITLE[threat],
                            "radius": get_threat(threat).radius(dim) if dim else None, "rows": rows,
                            "description": DATASETS[dataset].description if dataset in DATASETS else ""})
-    return {"tables": tables, "gap_tolerance": agg.GAP_TOLERANCE, "title": "Leaderboard"}
+    return {"tables": tables, "title": "Leaderboard", **_common()}
 
 
 def _errors_tooltip(errors: list[Any]) -> str:
@@ -231,17 +264,22 @@ def _claims_context(board: agg.Board) -> dict[str, Any]:
             build = agg.prepare_error(board, dataset, defense)
             for threat in FIXED_THREATS:
                 wc = None if build else agg.worst_case(board, dataset, defense, threat)
-                claim = agg.pick_claim(m, dataset, threat)
+                naive = wc.naive_accuracy if wc else None
                 rows.append({**base, "threat": threat, "wc": wc, "build_error": build,
                              "failed": agg.failed_attacks(board, dataset, defense, threat),
-                             "pgd": wc.per_attack.get(agg.NAIVE_ATTACK) if wc else None,
-                             "drop": (wc.per_attack[agg.NAIVE_ATTACK] - wc.accuracy
-                                      if wc and agg.NAIVE_ATTACK in wc.per_attack else None),
-                             "claim": agg.claim_gap(board, dataset, defense, claim) if claim else None})
+                             "naive": naive, "naive_attack": wc.naive if wc else None,
+                             "naive_ci": wc.naive_ci if wc else None,
+                             "drop": naive - wc.accuracy if naive is not None and wc.accuracy is not None else None,
+                             "claim": _claim(board, dataset, defense, threat, build)})
             for claim in m.get("claims") or []:
-                claims.append({**base, **agg.claim_gap(board, dataset, defense, claim)})
-    return {"rows": rows, "claims": claims, "gap_tolerance": agg.GAP_TOLERANCE,
-            "naive": agg.NAIVE_ATTACK, "title": "Claimed versus measured"}
+                claims.append({**base, **agg.claim_gap(board, dataset, defense, claim, measure=build is None)})
+    return {"rows": rows, "claims": claims, "naive": _naive_attacks(board), "title": "Claimed versus measured",
+            **_common()}
+
+
+def _naive_attacks(board: agg.Board) -> list[str]:
+    """Registered attacks with the ``naive_baseline`` trait, in registry order."""
+    return [a for a, c in board.catalog.items() if (c.get("traits") or {}).get("naive_baseline")]
 
 
 def _methodology_context(board: agg.Board) -> dict[str, Any]:
@@ -251,20 +289,20 @@ def _methodology_context(board: agg.Board) -> dict[str, Any]:
         threats.append({"id": threat, "title": THREAT_TITLE[threat], "radii": [
             {"dataset": d.id, "dim": d.dim, "raw": tm.radius(d.dim), "l2": tm.l2_radius(d.dim)}
             for d in DATASETS.values()]})
-    return {"threats": threats, "sweeps": {p.name: p.sweeps for p in PROFILES.values()}, "catalog": board.catalog, "flag_docs": agg.flag_docs(board),
-            "gap_tolerance": agg.GAP_TOLERANCE, "naive": agg.NAIVE_ATTACK, "title": "Methodology"}
+    return {"threats": threats, "sweeps": {p.name: p.sweeps for p in PROFILES.values()}, "catalog": board.catalog,
+            "flag_docs": agg.flag_docs(board), "naive": _naive_attacks(board), "title": "Methodology", **_common()}
 
 
 def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -> dict[str, Any]:
     m = board.manifests[(dataset, defense)]
-    dim = _dim(dataset, board)
+    dim = agg.threat_dim(board, dataset)
     plot_dir = site / "plots" / dataset / defense
     rel = f"plots/{dataset}/{defense}"
     threats = []
     build = agg.prepare_error(board, dataset, defense)
+    abstaining = agg.abstains(board, dataset, defense)
     for threat in FIXED_THREATS:
         attacks = _records(details.attack_table(board, dataset, defense, threat))
-        claim = agg.pick_claim(m, dataset, threat)
         threats.append({
             "id": threat, "title": THREAT_TITLE[threat], "attacks": attacks,
             "wc": None if build else agg.worst_case(board, dataset, defense, threat),
@@ -274,11 +312,12 @@ def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -
             "flags": agg.flags(board, dataset, defense, threat),
             "flags_error": next((e for e in board.errors(dataset, defense, threat) if e.name == "flags"), None),
             "certified": None if build else agg.certified(board, dataset, defense, threat),
-            "claim": agg.claim_gap(board, dataset, defense, claim) if claim and not build else None,
+            "claim": _claim(board, dataset, defense, threat, build) if not build else None,
             "budgets": agg.reduced_budgets(board, dataset, defense, threat),
             "draws": int(max((a["draws"] or 1 for a in attacks), default=1)),
+            "other": next((a["other_rejection"] for a in attacks if a["other_rejection"]), None),
             "rejects": any((a["clean_rejection_rate"] or 0) > 0 or (a["adv_rejection_rate"] or 0) > 0
-                           for a in attacks)})
+                           or a["other_rejection"] for a in attacks)})
     curves = []
     for norm, fixed in (("linf", "linf-0.031"), ("l2", "l2-0.005")):
         curve = details.sweep_curve(board, dataset, defense, norm)
@@ -289,21 +328,25 @@ def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -
     l2 = details.sweep_curve(board, dataset, defense, "l2")
     for run in board.select("certify", dataset, defense):
         rec = run.record
-        curve = rec["summary"].get("curve") or {}
+        curve = agg.certified_curve(rec)
         svg = None
+        radii = {t: get_threat(t).l2_radius(dim) for t in FIXED_THREATS} if dim else {}
         if dim:
-            radii = {t: get_threat(t).l2_radius(dim) for t in FIXED_THREATS}
-            empirical = pd.DataFrame({"radius": l2["eps"] * math.sqrt(dim), "accuracy": l2["worst_case"]})
-            svg = plots.certified_curve(list(curve.get("radius") or []), list(curve.get("accuracy") or []),
-                                        radii, plot_dir / f"certified-{rec['method']}.svg", empirical)
+            empirical = pd.DataFrame({"radius": l2["eps"] * math.sqrt(dim), "accuracy": l2["worst_case"],
+                                      "ci_low": l2["worst_case_ci_low"], "ci_high": l2["worst_case_ci_high"]})
+            svg = plots.certified_curve(curve, radii, plot_dir / f"certified-{rec['method']}.svg", empirical)
+        per = rec.get("per_example") or {}
+        certified = [{"threat": t, "accuracy": v, "ci": agg.certificate_interval(rec, t)}
+                     for t, v in (rec["summary"].get("certified_accuracy") or {}).items()]
         certs.append({"method": rec["method"], "params": rec.get("params") or {}, "summary": rec["summary"],
+                      "clean_ci": agg.interval(per.get("correct")) if per.get("correct") else None,
+                      "certified": certified, "points": _records(curve),
                       "info": rec.get("info") or {}, "run_id": run.run_id,
-                      "svg": f"{rel}/certified-{rec['method']}.svg" if svg else None,
-                      "radii": {t: get_threat(t).l2_radius(dim) for t in FIXED_THREATS} if dim else {}})
+                      "svg": f"{rel}/certified-{rec['method']}.svg" if svg else None, "radii": radii})
     files = [r.run_id for r in board.runs if (r.dataset, r.defense) == (dataset, defense)]
     manifest_file = (board.results_dir / dataset / defense / agg.MANIFEST_FILE).is_file()
     return {"dataset": dataset, "defense": defense, "name": board.name(dataset, defense), "m": m,
             "threats": threats, "curves": curves, "certs": certs, "meta": details.run_metadata(board, dataset, defense),
             "build_error": build, "cert_errors": board.errors(dataset, defense, "certify"),
-            "files": files, "manifest_file": manifest_file, "gap_tolerance": agg.GAP_TOLERANCE,
-            "flag_docs": agg.flag_docs(board), "title": board.name(dataset, defense), "dim": dim}
+            "files": files, "manifest_file": manifest_file, "abstains": abstaining,
+            "flag_docs": agg.flag_docs(board), "title": board.name(dataset, defense), "dim": dim, **_common()}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from leaderboard import aggregate as agg
-from leaderboard.site import build_site, pct
+from leaderboard.site import build_site, ci, pct
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser,
@@ -73,6 +73,13 @@ def test_site_in_chromium(built):
             assert XSS_IMG in names  # rendered as text
             scores = rows.locator("td.strong").all_inner_texts()
             assert [s.split("\n")[0].strip() for s in scores] == [pct(v) for v in expected.robust_accuracy]
+            # The interval is the cell's second line, with its tooltip; ≈ marks overlapping neighbours.
+            ranked = expected[expected["rank"].notna()]
+            assert [s.split("\n")[1].strip() for s in scores[:len(ranked)]] == [
+                ci((lo, hi)) for lo, hi in zip(ranked.robust_accuracy_ci_low, ranked.robust_accuracy_ci_high)]
+            marks = table.locator("span.overlap")
+            assert marks.count() == int(expected.overlaps_next.sum()) > 0
+            assert marks.first.get_attribute("title").startswith(agg.OVERLAP_TOOLTIP)
 
             # Sorting by a column header.
             table.locator("thead th", has_text="Defense").locator("button").click()

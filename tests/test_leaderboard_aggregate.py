@@ -1,4 +1,5 @@
-"""Aggregation of result files: worst case, ranking, claim gaps, flags, missing attacks, errors."""
+"""Aggregation of result files: worst case and intervals, ranking and overlaps, claims, naive
+baseline by trait, abstention, flags, missing attacks, errors, old schemas."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,15 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.intervals import accuracy_interval, clopper_pearson
 from benchmark.results import ResultError, iter_results
 from leaderboard import aggregate as agg
 from leaderboard import details
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DS = "mnist-embedded"
-CATALOG = {a: {"summary": a, "params": {}, "gradient_free": False, "needs_reparameterization": False}
+CATALOG = {a: {"summary": a, "params": {}, "gradient_free": False, "needs_reparameterization": False,
+               "traits": {"naive_baseline": a == "pgd"}}
            for a in ("fgsm", "pgd", "pgd-bpda", "pgd-eot", "pgd-bpda-eot", "square")}
-CATALOG["reparam"] = {"summary": "reparam", "params": {}, "gradient_free": False, "needs_reparameterization": True}
+CATALOG["reparam"] = {"summary": "reparam", "params": {}, "gradient_free": False, "needs_reparameterization": True,
+                      "traits": {"adaptive": True}}
+NAIVE = {"naive_baseline": True}
+BLIND = {"naive_baseline": True, "needs_rejection": True}
+ADAPTIVE = {"adaptive": True}
 
 
 def _generator():
@@ -43,11 +50,13 @@ def fixture_board() -> agg.Board:
 
 
 def write(root: Path, defense: str, attack: str, robust: list[float], *, threat: str = "linf-0.031",
-          clean: list[float] | None = None, worst: list[int] | None = None, indices: list[int] | None = None) -> Path:
-    """An attack result with explicit per-example arrays (any length)."""
+          clean: list[float] | None = None, worst: list[int] | None = None, indices: list[int] | None = None,
+          **schema2) -> Path:
+    """An attack result with explicit per-example arrays (any length); ``schema2``:
+    ``traits``, ``facts``, ``readings`` (a schema-2 record)."""
     n = len(robust)
     clean = clean or [1.0] * n
-    gen.attack(root, DS, defense, defense, threat, attack, clean, robust, worst)
+    gen.attack(root, DS, defense, defense, threat, attack, clean, robust, worst, **schema2)
     path = root / DS / defense / threat / f"{attack}.json"
     rec = json.loads(path.read_text())
     rec["dataset"]["indices"] = indices or list(range(n))
@@ -122,29 +131,187 @@ def test_ties_share_a_rank_and_are_ordered_by_clean_accuracy(tmp_path):
     assert list(linf["rank"]) == [1, 2, 2]
 
 
+def test_worst_case_intervals(tmp_path):
+    write(tmp_path, "d", "fgsm", [1] * 9 + [0], clean=[1] * 9 + [0])
+    write(tmp_path, "d", "pgd", [1] * 7 + [0] * 3, clean=[1] * 9 + [0])
+    wc = agg.worst_case(board(tmp_path), DS, "d", "linf-0.031")
+    assert wc.accuracy == pytest.approx(0.7) and wc.accuracy_ci == pytest.approx(clopper_pearson(7, 10))
+    assert wc.worst_of_draws_ci == pytest.approx(clopper_pearson(7, 10))
+    assert wc.clean_ci == pytest.approx(clopper_pearson(9, 10))
+    assert wc.per_attack_ci["fgsm"] == pytest.approx(clopper_pearson(9, 10))
+    assert wc.per_attack_ci["pgd"] == pytest.approx(clopper_pearson(7, 10))
+    assert wc.strongest == "pgd" and wc.strongest_ci == wc.per_attack_ci["pgd"]
+    assert wc.naive == "pgd" and wc.naive_ci == wc.per_attack_ci["pgd"] and not wc.naive_blind
+
+
+def test_worst_case_interval_of_fractional_scores(tmp_path):
+    write(tmp_path, "d", "pgd", [0.5, 1.0, 0.2, 0.9], worst=[0, 1, 0, 0])
+    write(tmp_path, "d", "pgd-eot", [1.0, 0.3, 0.4, 0.9], worst=[1, 0, 0, 0])
+    wc = agg.worst_case(board(tmp_path), DS, "d", "linf-0.031")
+    # Per-example minima 0.5, 0.3, 0.2, 0.9 (sum 1.9): lower bound at 1 of 4, upper at 2 of 4.
+    assert wc.accuracy_ci == pytest.approx((clopper_pearson(1, 4)[0], clopper_pearson(2, 4)[1]))
+    assert wc.worst_of_draws_ci == pytest.approx(clopper_pearson(0, 4))
+
+
+def test_interval_columns_in_the_table(fixture_board):
+    table = agg.leaderboard(fixture_board)
+    for name in ("clean_accuracy", "robust_accuracy", "robust_accuracy_worst_of_draws", "naive_accuracy",
+                 "strongest_accuracy", "certified_accuracy", "claim_measured"):
+        assert {f"{name}_ci_low", f"{name}_ci_high"} <= set(table.columns), name
+    assert "pgd_accuracy" not in table.columns
+    row = table.set_index(["dataset", "threat", "defense"]).loc[(DS, "linf-0.031", "jpeg")]
+    assert (row.robust_accuracy_ci_low, row.robust_accuracy_ci_high) == pytest.approx(clopper_pearson(1, 10))
+    assert (row.clean_accuracy_ci_low, row.clean_accuracy_ci_high) == pytest.approx(clopper_pearson(10, 10))
+    assert row.naive_attack == "pgd" and row.naive_accuracy == pytest.approx(0.8)
+    assert (row.naive_accuracy_ci_low, row.naive_accuracy_ci_high) == pytest.approx(clopper_pearson(8, 10))
+
+
+def test_overlapping_neighbours_are_marked_and_far_apart_ones_are_not(tmp_path):
+    n = 40
+    write(tmp_path, "hi", "pgd", [1] * n)               # [0.912, 1]
+    write(tmp_path, "lo1", "pgd", [1] + [0] * (n - 1))  # [0.001, 0.132]
+    write(tmp_path, "lo2", "pgd", [0] * n)              # [0, 0.088]
+    write(tmp_path, "bad", "fgsm", [0] * n)
+    error_file(tmp_path, "bad", "pgd")  # incomplete: unranked, never marked
+    linf = agg.leaderboard(board(tmp_path)).query("threat == 'linf-0.031'")
+    assert list(linf.defense) == ["hi", "lo1", "lo2", "bad"]
+    assert list(linf.overlaps_next) == [False, True, False, False]
+    assert agg.OVERLAP_TOOLTIP == "95% intervals overlap: the order of these rows is not significant"
+
+
+def test_fixture_overlaps(fixture_board):
+    linf = agg.leaderboard(fixture_board).query("dataset == @DS and threat == 'linf-0.031'").set_index("defense")
+    # Ten examples each: madry's 0.8 [0.444, 0.975] overlaps the detector's 0.5 [0.187, 0.813].
+    assert linf.loc["madry", "overlaps_next"] and linf.loc["jpeg", "overlaps_next"]
+    assert not linf.loc["undefended", "overlaps_next"]  # the last ranked row
+    assert not linf.loc["fragile", "overlaps_next"] and not linf.loc["unbuildable", "overlaps_next"]
+
+
+# -- naive baseline by trait, abstention ------------------------------------------------------------
+
+def test_naive_baseline_of_a_detector_is_the_rejection_blind_record_by_trait(tmp_path):
+    rej = {"rejects": True, "abstains": False, "randomized": False, "differentiable": True}
+    win = [1.0] * 6 + [0.0] * 4
+    write(tmp_path, "det", "fgsm", [1.0] * 8 + [0.0] * 2, traits={}, facts=rej)
+    write(tmp_path, "det", "pgd", [1.0] * 7 + [0.0] * 3, traits=NAIVE, facts=rej)
+    write(tmp_path, "det", "pgd-blind", [1.0] * 9 + [0.0], traits=BLIND, facts=rej)
+    write(tmp_path, "det", "pgd-bpda", win, traits=ADAPTIVE, facts=rej)
+    b = board(tmp_path)
+    wc = agg.worst_case(b, DS, "det", "linf-0.031")
+    assert wc.naive == "pgd-blind" and wc.naive_blind and wc.naive_accuracy == pytest.approx(0.9)
+    row = agg.leaderboard(b).set_index("threat").loc["linf-0.031"]
+    assert row.naive_attack == "pgd-blind" and row.naive_blind and row.naive_accuracy == pytest.approx(0.9)
+    table = details.attack_table(b, DS, "det", "linf-0.031").set_index("attack")
+    assert table.loc["pgd-blind", "naive"] and table.loc["pgd-blind", "blind"] and not table.loc["pgd", "naive"]
+    # The trait decides, not the id: a renamed baseline is found, a "pgd" without the trait is not.
+    write(tmp_path, "other", "pgd", [1.0] * 10, traits=ADAPTIVE)
+    write(tmp_path, "other", "plain-gradient", [1.0] * 5 + [0.0] * 5, traits=NAIVE)
+    assert agg.worst_case(board(tmp_path), DS, "other", "linf-0.031").naive == "plain-gradient"
+
+
+def test_naive_baseline_of_old_records_comes_from_the_catalog(tmp_path):
+    write(tmp_path, "d", "fgsm", [1, 1, 0, 0])
+    write(tmp_path, "d", "pgd", [1, 0, 0, 0])
+    assert agg.worst_case(board(tmp_path), DS, "d", "linf-0.031").naive == "pgd"
+    # No traits recorded and none in the catalog: no naive baseline is claimed.
+    assert agg.worst_case(board(tmp_path, catalog={}), DS, "d", "linf-0.031").naive is None
+    real = agg.attack_catalog()
+    assert real["pgd"]["traits"]["naive_baseline"] and real["pgd-blind"]["traits"]["needs_rejection"]
+    assert not real["fgsm"]["traits"]["naive_baseline"]
+
+
+def test_abstaining_defense_shows_the_other_reading_beside_the_headline(tmp_path):
+    facts = {"rejects": True, "abstains": True, "randomized": True, "differentiable": True}
+    # Headline (abstention = error) is robust_correct; the other figure counts abstention as a win.
+    as_error = [1.0, 1.0, 0.0, 0.0]
+    as_win = [1.0, 1.0, 1.0, 0.0]
+    write(tmp_path, "s", "pgd", as_error, traits=NAIVE, facts=facts, readings=(as_win, as_error))
+    write(tmp_path, "s", "fgsm", [1.0, 1.0, 1.0, 0.0], traits={}, facts=facts,
+          readings=([1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]))
+    b = board(tmp_path)
+    assert agg.abstains(b, DS, "s") is True
+    wc = agg.worst_case(b, DS, "s", "linf-0.031")
+    assert wc.accuracy == 0.5 and wc.other.rejection == "win" and wc.other.accuracy == 0.75
+    assert wc.other.ci == pytest.approx(clopper_pearson(3, 4))
+    table = details.attack_table(b, DS, "s", "linf-0.031").set_index("attack")
+    assert table.loc["pgd", "robust_accuracy_other"] == 0.75 and table.loc["pgd", "other_rejection"] == "win"
+    # A detector: the headline counts a rejection as a win; the other figure as an error.
+    det = {**facts, "abstains": False}
+    write(tmp_path, "det", "pgd", as_win, traits=NAIVE, facts=det, readings=(as_win, as_error))
+    wc = agg.worst_case(board(tmp_path), DS, "det", "linf-0.031")
+    assert wc.accuracy == 0.75 and wc.other.rejection == "error" and wc.other.accuracy == 0.5
+    # Old records: no second reading, nothing beside the headline.
+    write(tmp_path, "old", "pgd", as_win)
+    assert agg.worst_case(board(tmp_path), DS, "old", "linf-0.031").other is None
+
+
 # -- claims ----------------------------------------------------------------------------------------
 
-def test_claim_gap_and_not_reproduced_rule(fixture_board):
+def test_claim_verdicts_in_the_fixture_table(fixture_board):
     table = agg.leaderboard(fixture_board).set_index(["dataset", "threat", "defense"])
     jpeg = table.loc[(DS, "linf-0.031", "jpeg")]
+    # 0.75 lies above the measured 0.1's interval [0.003, 0.445]: not reproduced.
     assert jpeg.claim_gap == pytest.approx(0.75 - 0.1) and jpeg.not_reproduced
+    assert jpeg.claim_verdict == "not reproduced" and jpeg.claim_judged
+    assert (jpeg.claim_measured_ci_low, jpeg.claim_measured_ci_high) == pytest.approx(clopper_pearson(1, 10))
     madry = table.loc[(DS, "linf-0.031", "madry")]  # claim at linf-0.3, measured by the sweep
     assert madry.claim_threat == "linf-0.3"
     assert madry.claim_measured == pytest.approx(0.9)
     assert madry.claim_gap == pytest.approx(-0.01) and not madry.not_reproduced
+    assert madry.claim_verdict == "consistent"
     smoothing = table.loc[(DS, "l2-0.005", "smoothing")]
-    assert smoothing.claim_dataset == "cifar10"
+    # Made on CIFAR-10: context, never judged (the gap stays as information).
+    assert smoothing.claim_dataset == "cifar10" and not smoothing.claim_judged
+    assert smoothing.claim_verdict == "context" and not smoothing.not_reproduced
+    assert smoothing.claim_gap == pytest.approx(0.61 - 0.62)
     assert math.isnan(table.loc[(DS, "linf-0.031", "undefended")].claim_gap)
+    assert not hasattr(agg, "GAP_TOLERANCE") and not hasattr(agg, "NAIVE_ATTACK")
 
 
-def test_gap_at_exactly_the_tolerance_is_not_flagged(tmp_path):
-    write(tmp_path, "d", "pgd", [1] * 14 + [0] * 6)  # measured 0.7
+def test_claim_is_judged_against_the_measured_interval(tmp_path):
+    write(tmp_path, "d", "pgd", [1] * 7 + [0] * 3)  # measured 0.7, interval [0.348, 0.933]
     b = board(tmp_path)
-    at = agg.claim_gap(b, DS, "d", {"threat": "linf-0.031", "accuracy": 0.75, "source": "x"})
-    above = agg.claim_gap(b, DS, "d", {"threat": "linf-0.031", "accuracy": 0.76, "source": "x"})
-    unmeasured = agg.claim_gap(b, DS, "d", {"threat": "linf-0.3", "accuracy": 0.9, "source": "x"})
-    assert not at["not_reproduced"] and above["not_reproduced"]
-    assert unmeasured["measured"] is None and not unmeasured["not_reproduced"]
+    low, high = clopper_pearson(7, 10)
+
+    def judge(accuracy: float, **claim) -> dict:
+        return agg.claim_gap(b, DS, "d", {"threat": "linf-0.031", "accuracy": accuracy, "source": "x", **claim})
+
+    # 20 points above the measurement but inside its interval: consistent (a fixed
+    # 5-point tolerance would have called it not reproduced).
+    inside = judge(0.9)
+    assert inside["verdict"] == "consistent" and inside["consistent"] and not inside["not_reproduced"]
+    assert inside["gap"] == pytest.approx(0.2) and inside["measured_ci"] == pytest.approx((low, high))
+    above = judge(0.95)
+    assert above["verdict"] == "not reproduced" and above["not_reproduced"] and 0.95 > high
+    assert judge(round(high, 12))["verdict"] == "consistent"  # on the bound: inside
+    assert judge(0.2)["verdict"] == "consistent"  # below the interval: the defense does better than claimed
+    unmeasured = judge(0.9, threat="linf-0.3")
+    assert unmeasured["measured"] is None and unmeasured["verdict"] == "not measured"
+    assert not unmeasured["not_reproduced"]
+
+
+def test_claims_on_another_dataset_or_model_are_context_not_judged(tmp_path):
+    write(tmp_path, "d", "pgd", [1] * 7 + [0] * 3)
+    b = board(tmp_path)
+    other_ds = agg.claim_gap(b, DS, "d", {"threat": "linf-0.031", "accuracy": 0.99, "source": "x",
+                                          "dataset": "cifar10"})
+    other_model = agg.claim_gap(b, DS, "d", {"threat": "linf-0.031", "accuracy": 0.99, "source": "x",
+                                             "same_model": False})
+    same = agg.claim_gap(b, DS, "d", {"threat": "linf-0.031", "accuracy": 0.99, "source": "x", "dataset": DS,
+                                      "same_model": True})
+    for c, reason in ((other_ds, "claim on cifar10"), (other_model, "another model")):
+        assert c["verdict"] == "context" and not c["judged"] and c["context"] == [reason]
+        assert not c["not_reproduced"] and not c["consistent"]
+        assert c["gap"] == pytest.approx(0.29)  # kept as information
+    assert same["judged"] and same["verdict"] == "not reproduced"
+    # Old manifests have no same_model: the claim is about the submitted model.
+    assert agg.claim_gap(b, DS, "d", {"threat": "linf-0.031", "accuracy": 0.99, "source": "x"})["judged"]
+    # In the table: a same_model false claim is not judged.
+    gen.manifest(tmp_path, DS, {"id": "d", "name": "d", "claims": [
+        {"threat": "linf-0.031", "accuracy": 0.99, "source": "T1", "dataset": None, "same_model": False}]})
+    row = agg.leaderboard(board(tmp_path)).set_index("threat").loc["linf-0.031"]
+    assert not row.claim_same_model
+    assert row.claim_verdict == "context" and not row.not_reproduced and not row.claim_judged
 
 
 def test_pick_claim_prefers_same_threat_then_norm_then_this_dataset():
@@ -157,6 +324,9 @@ def test_pick_claim_prefers_same_threat_then_norm_then_this_dataset():
     assert agg.pick_claim(m, DS, "l2-0.005")["source"] == "a"
     assert agg.pick_claim({"claims": claims[:2]}, DS, "linf-0.031")["source"] == "b"
     assert agg.pick_claim({}, DS, "linf-0.031") is None
+    # A claim about another model comes after one about the submitted model.
+    other_model = {"threat": "linf-0.031", "accuracy": 0.5, "source": "e", "same_model": False}
+    assert agg.pick_claim({"claims": [other_model, claims[3]]}, DS, "linf-0.031")["source"] == "d"
 
 
 # -- flags, certificates, missing attacks, sweeps ---------------------------------------------------
@@ -174,9 +344,26 @@ def test_flags_parsing(fixture_board):
     assert "zero-gradients" in agg.flag_docs(fixture_board)
 
 
-def test_certified_accuracy(fixture_board):
-    assert agg.certified(fixture_board, DS, "smoothing", "l2-0.005") == (0.5, "randomized-smoothing")
+def test_certified_accuracy_and_its_interval(fixture_board):
+    cert = agg.certified(fixture_board, DS, "smoothing", "l2-0.005")
+    assert (cert.accuracy, cert.method) == (0.5, "randomized-smoothing")
+    assert cert.ci == pytest.approx(clopper_pearson(5, 10))  # 0/1 outcomes over the 10 certified examples
     assert agg.certified(fixture_board, DS, "jpeg", "l2-0.005") is None
+    table = agg.leaderboard(fixture_board).set_index(["dataset", "threat", "defense"])
+    row = table.loc[(DS, "l2-0.005", "smoothing")]
+    assert (row.certified_accuracy_ci_low, row.certified_accuracy_ci_high) == pytest.approx(clopper_pearson(5, 10))
+
+
+def test_certified_curve_intervals_come_from_the_per_example_arrays(fixture_board):
+    (run,) = fixture_board.select("certify", DS, "smoothing")
+    curve = agg.certified_curve(run.record).set_index("radius")
+    # radius ≥ 0.3 and correct: examples 0 (0.9), 1 (0.5), 2 (0.3), 8 (0.6): 4 of 10.
+    assert curve.loc[0.3, "accuracy"] == pytest.approx(0.4)
+    assert (curve.loc[0.3, "ci_low"], curve.loc[0.3, "ci_high"]) == pytest.approx(clopper_pearson(4, 10))
+    assert curve.loc[0.0, "accuracy"] == pytest.approx(0.8)
+    rec = {**run.record, "per_example": {}}  # no arrays: the recorded curve, no intervals
+    bare = agg.certified_curve(rec)
+    assert list(bare.accuracy) == run.record["summary"]["curve"]["accuracy"] and bare.ci_low.isna().all()
 
 
 def test_missing_attacks(fixture_board):
@@ -200,7 +387,13 @@ def test_sweep_curve(fixture_board):
     assert list(curve.eps) == [0.0, 0.031, 0.1, 0.3]
     assert list(curve.worst_case) == pytest.approx([1.0, 0.8, 0.9, 0.9])
     assert list(curve.attacks) == [2, 5, 2, 2]
-    assert list(curve.pgd) == pytest.approx([1.0, 0.8, 0.9, 0.9])
+    assert list(curve.naive) == pytest.approx([1.0, 0.8, 0.9, 0.9])
+    assert list(curve.naive_attack) == ["pgd"] * 4  # madry's ε = 0 is a recorded run
+    # Every point has its interval.
+    expected = [clopper_pearson(k, 10) for k in (10, 8, 9, 9)]
+    assert list(curve.worst_case_ci_low) == pytest.approx([e[0] for e in expected])
+    assert list(curve.worst_case_ci_high) == pytest.approx([e[1] for e in expected])
+    assert (curve.naive_ci_low[1], curve.naive_ci_high[1]) == pytest.approx(clopper_pearson(8, 10))
     # The unbounded run (linf-inf) is not a point of the curve.
     undefended = details.sweep_curve(fixture_board, DS, "undefended", "linf")
     assert list(undefended.eps) == [0.0, 0.01, 0.031, 0.1, 0.3]
@@ -210,7 +403,17 @@ def test_sweep_curve(fixture_board):
 def test_attack_table_and_metadata(fixture_board):
     table = details.attack_table(fixture_board, DS, "jpeg", "linf-0.031")
     assert list(table.attack) == ["fgsm", "pgd", "pgd-bpda", "pgd-eot", "pgd-bpda-eot"]
-    assert table.set_index("attack").loc["pgd-bpda", "robust_accuracy"] == pytest.approx(0.2)
+    row = table.set_index("attack").loc["pgd-bpda"]
+    assert row.robust_accuracy == pytest.approx(0.2)
+    assert (row.robust_accuracy_ci_low, row.robust_accuracy_ci_high) == pytest.approx(clopper_pearson(2, 10))
+    assert (row.clean_accuracy_ci_low, row.clean_accuracy_ci_high) == pytest.approx(clopper_pearson(10, 10))
+    assert list(table.naive) == [False, True, False, False, False]  # pgd: the naive baseline by trait
+    smoothing = details.attack_table(fixture_board, DS, "smoothing", "linf-0.031").set_index("attack")
+    scores = json.loads((FIXTURES / "results" / DS / "smoothing" / "linf-0.031" / "pgd.json").read_text())
+    assert (smoothing.loc["pgd", "robust_accuracy_ci_low"], smoothing.loc["pgd", "robust_accuracy_ci_high"]) == \
+        pytest.approx(accuracy_interval(scores["per_example"]["robust_correct"]))  # fractional scores
+    detector = details.attack_table(fixture_board, DS, "detector", "linf-0.031").set_index("attack")
+    assert detector.loc["pgd", "adv_rejection_rate_ci_high"] == pytest.approx(clopper_pearson(3, 10)[1])
     meta = details.run_metadata(fixture_board, DS, "jpeg")
     assert meta["files"] == 11 and meta["commit"] == ["0123456789abcdef0123456789abcdef01234567"]
     assert meta["wall_seconds"] == pytest.approx(5 * 12.0 + 4 * 1.5)
@@ -443,13 +646,22 @@ def test_iter_results_skips_manifest_json():
     assert "manifest.json" not in names and "pgd.json" in names
 
 
-def test_old_schema_fixtures_still_load():
-    old = board(FIXTURES / "results-v1")
-    assert len(old.runs) == 68
+@pytest.mark.parametrize("folder", ["results-v1", "results"])
+def test_old_schema_fixtures_still_load(folder):
+    """Both committed folders are schema 1: they must keep loading, ranking and getting
+    intervals, naive baselines and verdicts computed from their per-example arrays."""
+    old = agg.load_board(FIXTURES / folder)  # the registry's catalog, as the site uses
+    assert {r.record["schema_version"] for r in old.runs} == {1}
+    assert len(old.runs) == (68 if folder == "results-v1" else 90)
     table = agg.leaderboard(old).set_index(["dataset", "threat", "defense"])
-    assert table.loc[(DS, "linf-0.031", "jpeg")].robust_accuracy == pytest.approx(0.1)
+    jpeg = table.loc[(DS, "linf-0.031", "jpeg")]
+    assert jpeg.robust_accuracy == pytest.approx(0.1)
+    assert (jpeg.robust_accuracy_ci_low, jpeg.robust_accuracy_ci_high) == pytest.approx(clopper_pearson(1, 10))
+    assert jpeg.naive_attack == "pgd" and jpeg.naive_accuracy == pytest.approx(0.8)
+    assert jpeg.claim_verdict == "not reproduced"
     assert table.loc[(DS, "linf-0.031", "madry")]["rank"] == 1
     assert table.loc[(DS, "l2-0.005", "smoothing")].certified_accuracy == pytest.approx(0.5)
+    assert table.loc[(DS, "l2-0.005", "smoothing")].claim_verdict == "context"
 
 
 def test_registry_catalog_and_no_defense_import():
@@ -460,3 +672,14 @@ def test_registry_catalog_and_no_defense_import():
             "bad = [m for m in sys.modules if m == 'defenses' or m.startswith('defenses.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_sweep_curve_clean_point_has_its_interval(tmp_path):
+    write(tmp_path, "d", "pgd", [1] * 6 + [0] * 4, clean=[1] * 9 + [0])
+    write(tmp_path, "d", "pgd", [1] * 2 + [0] * 8, clean=[1] * 9 + [0], threat="linf-0.1")
+    curve = details.sweep_curve(board(tmp_path), DS, "d", "linf").set_index("threat")
+    assert curve.loc["linf-0", "worst_case"] == pytest.approx(0.9) and pd_isna(curve.loc["linf-0", "naive_attack"])
+    assert (curve.loc["linf-0", "worst_case_ci_low"], curve.loc["linf-0", "naive_ci_high"]) == pytest.approx(
+        (clopper_pearson(9, 10)[0], clopper_pearson(9, 10)[1]))
+    assert (curve.loc["linf-0.1", "naive_ci_low"], curve.loc["linf-0.1", "naive_ci_high"]) == pytest.approx(
+        clopper_pearson(2, 10))

@@ -1,6 +1,8 @@
-"""The static site: files, self-containment, escaping of submitter strings, downloads."""
+"""The static site: files, self-containment, escaping of submitter strings, downloads,
+intervals, overlap markers, claim verdicts, naive baseline and abstention."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from html.parser import HTMLParser
@@ -8,9 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from markupsafe import escape
 
+from benchmark.intervals import clopper_pearson
 from benchmark.results import ResultError
-from leaderboard.site import build_site, http_url
+from leaderboard.aggregate import CLAIM_RULE, OVERLAP_TOOLTIP
+from leaderboard.site import build_site, ci, http_url
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 DS = "mnist-embedded"
@@ -65,7 +70,9 @@ def xss_site(tmp_path_factory) -> Path:
     m = json.loads(path.read_text())
     m.update(name=XSS_SCRIPT, authors=[XSS_IMG, "A. \"Quote\" O'Brien"], notes=XSS_IMG + "\nline two",
              paper={"title": XSS_IMG, "url": "javascript:alert(1)", "venue": XSS_SCRIPT, "year": 2018},
-             claims=[{"threat": "linf-0.031", "accuracy": 0.75, "source": XSS_SCRIPT, "dataset": None}])
+             claims=[{"threat": "linf-0.031", "accuracy": 0.75, "source": XSS_SCRIPT, "dataset": None},
+                     {"threat": "l2-0.005", "accuracy": 0.5, "source": XSS_IMG, "dataset": XSS_SCRIPT,
+                      "same_model": False}])
     path.write_text(json.dumps(m))
     # The detector has no manifest.json: its name comes from the result files.
     for f in (root / DS / "detector").rglob("*.json"):
@@ -152,6 +159,17 @@ def test_downloads(site):
     top = [r for r in data if r["dataset"] == DS and r["threat"] == "linf-0.031" and r["rank"] == 1]
     assert [r["defense"] for r in top] == ["madry"]
     assert top[0]["robust_accuracy"] == pytest.approx(0.8)
+    # Every figure with its exact 95% interval, in both downloads.
+    low, high = clopper_pearson(8, 10)
+    assert (top[0]["robust_accuracy_ci_low"], top[0]["robust_accuracy_ci_high"]) == pytest.approx((low, high))
+    assert top[0]["clean_accuracy_ci_low"] == pytest.approx(clopper_pearson(10, 10)[0])
+    assert top[0]["naive_attack"] == "pgd" and top[0]["overlaps_next"] is True
+    row = csv[(csv.dataset == DS) & (csv.threat == "linf-0.031") & (csv.defense == "madry")].iloc[0]
+    assert (row.robust_accuracy_ci_low, row.robust_accuracy_ci_high) == pytest.approx((low, high))
+    cert = csv[(csv.dataset == DS) & (csv.threat == "l2-0.005") & (csv.defense == "smoothing")].iloc[0]
+    assert (cert.certified_accuracy_ci_low, cert.certified_accuracy_ci_high) == pytest.approx(clopper_pearson(5, 10))
+    assert set(csv.columns) >= {"naive_accuracy_ci_low", "naive_accuracy_ci_high", "claim_verdict", "overlaps_next",
+                                "robust_accuracy_worst_of_draws_ci_low", "claim_measured_ci_high"}
     assert set(csv.columns) >= {"rank", "defense", "clean_accuracy", "robust_accuracy", "claim_gap",
                                 "certified_accuracy", "flags_raised", "missing_attacks", "failed_attacks",
                                 "incomplete", "build_error", "job_errors", "reduced_budget", "profile"}
@@ -174,6 +192,7 @@ def test_submitter_strings_are_escaped(xss_site):
     page = (xss_site / "defenses" / DS / "jpeg.html").read_text()
     assert "O&#39;Brien" in page and "&#34;Quote&#34;" in page
     assert "&lt;img src=x onerror=alert(1)&gt; slow" in page  # override reason
+    assert "context: claim on &lt;script&gt;alert(1)&lt;/script&gt;" in index  # a claim's dataset
     fragile = (xss_site / "defenses" / DS / "fragile.html").read_text()
     assert "RuntimeError: &lt;script&gt;alert(1)&lt;/script&gt;" in fragile  # error message and traceback
     assert "Traceback\n&lt;img src=x onerror=alert(1)&gt;" in fragile
@@ -270,3 +289,135 @@ def test_defense_page_shows_failed_attacks_in_place(site):
     assert "eot 10 → 4: JPEG on CPU is slow" in jpeg and ">reduced budget<" in jpeg
     claims = (site / "claims.html").read_text()
     assert "build failed" in claims and ">incomplete<" in claims
+
+
+# -- intervals, overlaps, claims, naive baseline, abstention ----------------------------------------
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_leaderboard_results",
+                                                  FIXTURES.parent / "make_leaderboard_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_index_shows_intervals_and_overlap_markers(site):
+    html = (site / "index.html").read_text()
+    madry = _row(html, f"{DS}-linf-0.031", "madry")
+    interval = ci(clopper_pearson(8, 10))
+    assert interval == "[44.4, 97.5]" and f'>{interval}</span>' in madry
+    assert 'title="95% interval (exact Clopper–Pearson): 44.4% to 97.5%"' in madry
+    assert ci(clopper_pearson(10, 10)) in madry  # clean
+    # Ten examples per defense: madry's interval overlaps the detector's, so the order is marked.
+    assert 'class="overlap"' in madry and OVERLAP_TOOLTIP in madry and "≈" in madry
+    assert 'class="overlap"' not in _row(html, f"{DS}-linf-0.031", "undefended")  # last ranked row
+    assert 'class="overlap"' not in _row(html, f"{DS}-linf-0.031", "fragile")  # unranked
+    smoothing = _row(html, f"{DS}-l2-0.005", "smoothing")
+    assert ci(clopper_pearson(5, 10)) in smoothing  # certified accuracy's interval
+
+
+def test_claims_are_judged_on_their_own_terms_and_the_rule_is_stated(site):
+    html = (site / "index.html").read_text()
+    jpeg = _row(html, f"{DS}-linf-0.031", "jpeg")
+    assert ">not reproduced<" in jpeg and "above the upper end of the measured worst case" in jpeg
+    madry = _row(html, f"{DS}-linf-0.031", "madry")
+    assert ">consistent<" in madry and "measured at linf-0.3: 90.0%" in madry and ci(clopper_pearson(9, 10)) in madry
+    smoothing = _row(html, f"{DS}-l2-0.005", "smoothing")
+    assert "context: claim on cifar10" in smoothing
+    assert ">consistent<" not in smoothing and ">not reproduced<" not in smoothing
+    for page in ("index.html", "claims.html", "methodology.html"):
+        text = (site / page).read_text()
+        assert str(escape(CLAIM_RULE)) in text, page
+        assert "percentage points" not in text and "gap above" not in text, page
+    claims = (site / "claims.html").read_text()
+    assert "context: claim on cifar10" in claims and ">not reproduced<" in claims
+
+
+def test_methodology_states_intervals_sweeps_naive_and_abstention(site):
+    html = (site / "methodology.html").read_text()
+    assert "Every ε of a sweep is a full threat model" in html and "strongest attack at the fixed threat" not in html
+    assert "Clopper–Pearson" in html and OVERLAP_TOOLTIP.lower() in html
+    assert "<strong>naive baseline</strong> against a detector" in html  # pgd-blind, from the catalog's traits
+    assert "abstains" in html and "robust_accuracy_reject_as_win" in html
+
+
+def test_defense_page_intervals_and_plots(site):
+    jpeg = (site / "defenses" / DS / "jpeg.html").read_text()
+    linf = jpeg.split('<section id="linf-0.031">')[1].split("</section>")[0]
+    row = next(r for r in linf.split("<tr") if "<code>pgd-bpda</code>" in r)
+    assert ci(clopper_pearson(2, 10)) in row  # per attack
+    naive = next(r for r in linf.split("<tr") if "<code>pgd</code>" in r)
+    assert ">naive baseline<" in naive and ">naive baseline<" not in row
+    assert ci(clopper_pearson(1, 10)) in linf.split("<tfoot>")[1]  # worst-case footer
+    madry = (site / "defenses" / DS / "madry.html").read_text()
+    data = madry.split("<h2>Accuracy versus ε</h2>")[1].split("<h2>")[0]
+    assert ci(clopper_pearson(9, 10)) in data and "<th scope=\"col\" class=\"num\">naive</th>" in data
+    svg = (site / "plots" / DS / "madry" / "eps-linf.svg").read_text()
+    assert "band: 95% interval" in svg and "bars: 95% interval" in svg
+    smoothing = (site / "defenses" / DS / "smoothing.html").read_text()
+    assert ci(clopper_pearson(5, 10)) in smoothing.split("<h2>Certification</h2>")[1]
+    cert = (site / "plots" / DS / "smoothing" / "certified-randomized-smoothing.svg").read_text()
+    assert "certified accuracy (band: 95% interval)" in cert
+
+
+@pytest.fixture(scope="module")
+def schema2_site(tmp_path_factory) -> Path:
+    """The fixtures plus schema-2 records: a detector with a rejection-blind baseline, an
+    abstaining smoothed classifier, a claim about another model and far-apart rows."""
+    gen = _generator()
+    root = tmp_path_factory.mktemp("schema2") / "results"
+    shutil.copytree(FIXTURES, root)
+    ds, n = "cifar10", 10
+    clean = [1.0] * n
+    naive, blind = {"naive_baseline": True}, {"naive_baseline": True, "needs_rejection": True}
+    det = {"rejects": True, "abstains": False, "randomized": False, "differentiable": True}
+    ones, zeros, win8, err5 = [1.0] * n, [0.0] * n, [1.0] * 8 + [0.0] * 2, [1.0] * 5 + [0.0] * 5
+    rejected = [0.0] * 5 + [1.0] * 3 + [0.0] * 2
+    # The detector survives everything when a rejection is a win (1.0), half when an error.
+    gen.manifest(root, ds, {"id": "det2", "name": "Schema-2 detector"})
+    for a, traits in (("pgd", naive), ("pgd-blind", blind), ("fgsm", {})):
+        gen.attack(root, ds, "det2", "Schema-2 detector", "linf-0.031", a, clean, ones, traits=traits, facts=det,
+                   readings=(ones, err5), adv_rej=rejected)
+    smooth = {**det, "abstains": True, "randomized": True}
+    gen.manifest(root, ds, {"id": "abstainer", "name": "Schema-2 smoothed classifier", "claims": [
+        {"threat": "linf-0.031", "accuracy": 0.99, "source": "Table 9", "dataset": None, "same_model": False}]})
+    # The smoothed classifier: 0.0 when an abstention is an error (its headline), 0.8 as a win.
+    for a, traits in (("pgd", naive), ("fgsm", {})):
+        gen.attack(root, ds, "abstainer", "Schema-2 smoothed classifier", "linf-0.031", a, clean, zeros,
+                   traits=traits, facts=smooth, readings=(win8, zeros), adv_rej=rejected)
+    out = root.parent / "site"
+    build_site(root, out)
+    return out
+
+
+def test_schema2_detector_naive_baseline_and_other_reading(schema2_site):
+    html = (schema2_site / "defenses" / "cifar10" / "det2.html").read_text()
+    linf = html.split('<section id="linf-0.031">')[1].split("</section>")[0]
+    blind = next(r for r in linf.split("<tr") if "<code>pgd-blind</code>" in r)
+    assert ">naive baseline<" in blind and "blind to the reject option" in blind
+    assert ">naive baseline<" not in next(r for r in linf.split("<tr") if "<code>pgd</code>" in r)
+    assert ">Rejection as error<" in linf and ci(clopper_pearson(5, 10)) in linf.split("<tfoot>")[1]
+    assert "counts it as a defense win" in linf
+    data = json.loads((schema2_site / "leaderboard.json").read_text())
+    row = next(r for r in data if r["defense"] == "det2" and r["threat"] == "linf-0.031")
+    assert row["naive_attack"] == "pgd-blind" and row["naive_blind"] is True
+
+
+def test_schema2_abstaining_defense_and_claim_about_another_model(schema2_site):
+    html = (schema2_site / "defenses" / "cifar10" / "abstainer.html").read_text()
+    linf = html.split('<section id="linf-0.031">')[1].split("</section>")[0]
+    assert ">Rejection as win<" in linf and "counts an abstention on an adversarial input as not robust" in linf
+    assert ci(clopper_pearson(8, 10)) in linf.split("<tfoot>")[1]  # the other figure: abstention as a win
+    index = (schema2_site / "index.html").read_text()
+    table = index.split('id="cifar10-linf-0.031"')[1].split("</table>")[0]
+    row = next(r for r in table.split("<tr>") if 'href="defenses/cifar10/abstainer.html"' in r)
+    assert "context: another model" in row and ">not reproduced<" not in row and ">consistent<" not in row
+    # det2's 1.0 [69.2, 100] and the ResNet's 0.1 [0.3, 44.5] are far apart: no marker; the
+    # ResNet's and the abstainer's 0.0 [0, 30.8] overlap: marked.
+    data = json.loads((schema2_site / "leaderboard.json").read_text())
+    rows = [r for r in data if r["dataset"] == "cifar10" and r["threat"] == "linf-0.031"]
+    assert [r["defense"] for r in rows] == ["det2", "cifar-undefended", "abstainer"]
+    assert [r["overlaps_next"] for r in rows] == [False, True, False]
+    assert 'class="overlap"' not in next(r for r in table.split("<tr>") if 'href="defenses/cifar10/det2.html"' in r)
+    assert 'class="overlap"' in next(r for r in table.split("<tr>")
+                                     if 'href="defenses/cifar10/cifar-undefended.html"' in r)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.intervals import clopper_pearson
 from benchmark.report import END, START, ReportError, add_parser, cmd_report, render_table, update_readme
 from benchmark.results import ResultError
 
@@ -31,38 +32,68 @@ def table() -> str:
     return render_table(FIXTURES)
 
 
+def _ci(k: int, n: int = 10) -> str:
+    low, high = clopper_pearson(k, n)
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def test_table_from_fixtures(table):
     r = rows(table)
     header = r["Defense"]
-    assert header[:4] == ["Defense", "Dataset", "Examples", "Clean"]
-    # Fixed threats, then the sweep points present in the results.
+    assert header[:4] == ["Defense", "Dataset", "Examples", "Clean [95% interval]"]
+    # Fixed threats, then the sweep points present in the results (l2-0.05: madry's sweep).
     assert [h.split(":")[0] for h in header[4:]] == ["ℓ∞ ε = 0.031", "ℓ2 ε = 0.005 (RMS)", "ℓ∞ ε = 0.1",
-                                                     "ℓ∞ ε = 0.3"]
+                                                     "ℓ∞ ε = 0.3", "ℓ2 ε = 0.05 (RMS)"]
+    assert all("naive → worst case [95% interval] (strongest)" in h for h in header[4:])
     jpeg = r["JPEG compression"]
-    assert jpeg[1:4] == [DS, "10", "100.0%"]
-    # Naive pgd leaves 80%; the per-example worst case 10%, below its strongest single attack.
-    assert jpeg[4] == "80.0% → **10.0%** (pgd-bpda) †" and jpeg[5] == "80.0% → **40.0%** (pgd-bpda) †"
-    assert jpeg[6:] == ["–", "–"]
+    assert jpeg[1:4] == [DS, "10", f"100.0% {_ci(10)}"]
+    # Naive pgd leaves 80%; the per-example worst case 10% [0.3, 44.5], below its strongest single attack.
+    assert jpeg[4] == f"80.0% → **10.0%** {_ci(1)} (pgd-bpda) †" and _ci(1) == "[0.3, 44.5]"
+    assert jpeg[5] == f"80.0% → **40.0%** {_ci(4)} (pgd-bpda) †"
+    assert jpeg[6:] == ["–", "–", "–"]
     undefended = r["Undefended CNN"]
-    assert undefended[4:] == ["10.0% → **0.0%** (pgd-bpda-eot)", "40.0% → **30.0%** (pgd)",
-                              "0.0% → **0.0%** (pgd)", "0.0% → **0.0%** (pgd)"]
-    assert r["Adversarial training \\(PGD\\)"][6] == "90.0% → **90.0%** (pgd)"
-    assert r["Undefended ResNet"][1:5] == ["cifar10", "10", "90.0%", "10.0% → **10.0%** (pgd)"]
+    assert undefended[4:] == [f"10.0% → **0.0%** {_ci(0)} (pgd-bpda-eot)", f"40.0% → **30.0%** {_ci(3)} (pgd)",
+                              f"0.0% → **0.0%** {_ci(0)} (pgd)", f"0.0% → **0.0%** {_ci(0)} (pgd)", "–"]
+    madry = r["Adversarial training \\(PGD\\)"]
+    assert madry[6] == f"90.0% → **90.0%** {_ci(9)} (pgd)" and madry[8] == f"20.0% → **20.0%** {_ci(2)} (pgd)"
+    assert r["Undefended ResNet"][1:5] == ["cifar10", "10", f"90.0% {_ci(9)}", f"10.0% → **10.0%** {_ci(1)} (pgd)"]
     # Rows follow the leaderboard's ranking at linf-0.031 within each dataset.
     names = [n for n in r if n != "Defense"]
     assert names.index("Adversarial training \\(PGD\\)") < names.index("JPEG compression") < names.index(
         "Undefended CNN") < names.index("Undefended ResNet")
     assert "Profile: quick profile, 10 examples." in table
+    # The footnote: every ε runs the whole suite, and what the bracket is.
+    assert "Sweep points run only" not in table and "every applicable attack runs there" in table
+    assert "exact 95% interval of the worst case" in table and "`pgd` or `pgd-blind`" in table
 
 
 def test_failed_jobs_are_marked_not_hidden(table):
     r = rows(table)
     fragile = r["Fragile preprocessing"]
-    assert fragile[4] == "70.0% → **60.0%** (pgd-bpda-eot) ⚠ incomplete: pgd-bpda, pgd-eot failed"
+    assert fragile[4] == f"70.0% → **60.0%** {_ci(6)} (pgd-bpda-eot) ⚠ incomplete: pgd-bpda, pgd-eot failed"
     assert fragile[5].endswith("⚠ incomplete: pgd-bpda-eot failed")
     built = r["Defense that cannot be built"]
     assert built[2:4] == ["–", "–"] and set(built[4:]) == {"build failed: exception"}
     assert "upper bound" in table and "could not be built" in table and "reduced budget" in table
+
+
+def test_naive_of_a_detector_is_its_rejection_blind_record_by_trait(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen", FIXTURES.parent / "make_leaderboard_results.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    root = tmp_path / "results"
+    facts = {"rejects": True, "abstains": False, "randomized": False, "differentiable": True}
+    clean = [1.0] * 10
+    for attack, traits, survive in (("pgd", {"naive_baseline": True}, 7),
+                                    ("pgd-blind", {"naive_baseline": True, "needs_rejection": True}, 9),
+                                    ("pgd-bpda", {"adaptive": True}, 4)):
+        gen.attack(root, DS, "det", "Detector", "linf-0.031", attack, clean, [1.0] * survive + [0.0] * (10 - survive),
+                   traits=traits, facts=facts)
+    (_, row) = rows(render_table(root)).values()
+    assert row[4] == f"90.0% ‡ → **40.0%** {_ci(4)} (pgd-bpda)"
+    assert "‡ the defense rejects inputs: naive = the rejection-blind baseline" in render_table(root)
 
 
 def test_sweep_columns_only_when_present_and_submitter_strings_escaped(tmp_path):

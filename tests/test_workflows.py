@@ -160,10 +160,17 @@ def test_summary_table_from_result_files(tmp_path):
 
     text = render(FIXTURE_RESULTS)
     assert "### mnist-embedded · linf-0.031" in text and "### cifar10 · l2-0.005" in text
-    row = next(line for line in text.splitlines() if line.startswith("| 4 | jpeg:"))
+    row = next(line for line in text.splitlines() if line.startswith("| 4 ≈ | jpeg:"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "1.000" and cells[3].startswith("0.750 (linf-0.031") and cells[4].startswith("0.100")
+    # Every figure with its exact 95% interval; ≈: the interval overlaps the next ranked row's.
+    assert cells[2] == "1.000 [0.692, 1.000]" and cells[3].startswith("0.750 (linf-0.031")
+    assert cells[3].endswith(": not reproduced") and cells[4].startswith("0.100 [0.003, 0.445]")
     assert "claim not reproduced" in cells[4] and cells[6] == "zero-gradients"
+    assert "0.610 (l2-0.005 on cifar10, Table 1): context: claim on cifar10" in text
+    assert "| 5 | undefended:" in text  # the last ranked row has no next row
+    smoothing = next(line for line in text.splitlines() if line.startswith("| 2 ≈ | smoothing:"))
+    assert "0.500 [0.187, 0.813]" in smoothing  # certified, with its interval
+    assert "[low, high]: exact 95% interval" in text
     assert "No result files" in render(tmp_path / "missing")
     assert main([str(FIXTURE_RESULTS)]) == 0
 
