@@ -142,17 +142,32 @@ class SubmissionRun:
             # EOT views and their applicability all see it, not only this object.
             self.defense.randomized = True
         self.draws = profile.draws if self.defense.randomized else 1
-        # Observed gradient masking (a fact, like observed randomness): raw input gradients
-        # that are zero or non-finite at the clean points, so that gradient estimation
-        # (SPSA) runs even where no step declares itself non-differentiable.
-        self.gradients = observed_gradients(self.defense, self.x[:16], self.y[:16])
-        if self.gradients["zero_fraction"] > ZERO_GRAD_THRESHOLD:
-            self.defense.zero_gradients = True
+        self._gradients: dict[str, float] | None = None
         self._surrogate = surrogate
         self.weights_sha = sub.weights_sha256
         self.overrides = {o.attack: o for o in m.attack_overrides}
         torch.manual_seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/clean"))
         self.clean: Scores = score(self.defense, self.x, self.y, self.draws)
+
+    @property
+    def gradients(self) -> dict[str, float]:
+        """Observed gradient masking (a fact, like observed randomness): the share of the
+        first 16 clean points whose raw input gradient is zero or non-finite; above
+        :data:`ZERO_GRAD_THRESHOLD` the defense is marked ``zero_gradients``, so gradient
+        estimation (SPSA) runs even where no step declares itself non-differentiable.
+
+        Measured on first use by an attack or flags job, not when the defense is built:
+        a gradient query is an attack, and a defense that fails under attack must fail an
+        attack job (the build and clean scores stay valid). Seeded, so every worker
+        measures the same.
+        """
+        if self._gradients is None:
+            m = self.sub.manifest
+            torch.manual_seed(job_seed(self.cfg.seed, f"{m.dataset}/{m.id}/gradients"))
+            self._gradients = observed_gradients(self.defense, self.x[:16], self.y[:16])
+            if self._gradients["zero_fraction"] > ZERO_GRAD_THRESHOLD:
+                self.defense.zero_gradients = True
+        return self._gradients
 
     # -- common record fields ----------------------------------------------------------
 
@@ -194,6 +209,7 @@ class SubmissionRun:
         """Run one attack at one threat (or reuse its result) and return the record."""
         override = self.overrides.get(attack_id)
         attack = make_attack(attack_id, **(override.params if override else {}))
+        self.gradients  # noqa: B018 - sets the observed zero_gradients fact before applicability
         if not attack.applies_to(self.defense):
             return None
         run_id = rf.attack_run_id(self.dataset.id, self.sub.id, threat.id, attack_id)
