@@ -13,6 +13,7 @@ ATTACK_MODULES = (
     "attacks.pgd",
     "attacks.apgd",
     "attacks.square",
+    "attacks.spsa",
     "attacks.transfer",
     "attacks.random_search",
     "attacks.reparam",
