@@ -33,7 +33,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, evaluate
 from attacks.base import AttackContext, defense_facts
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
@@ -44,8 +43,8 @@ from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.profiles import Profile, get_profile
 from benchmark.registry import Submission, build_defense, manifest_paths, validate
 from benchmark.scheduling import cost_rank, job_runner, run_threads, worker_plan
-from benchmark.scoring import Scores, declared_randomness_check, score
-from benchmark.threats import FIXED_THREATS, ThreatModel, get_threat
+from benchmark.scoring import Scores, declared_randomness_check, observed_gradients, score
+from benchmark.threats import FIXED_THREATS, ThreatModel, get_threat, sweep_threats
 
 
 @dataclass(frozen=True)
@@ -300,17 +299,6 @@ def _interval(t: torch.Tensor) -> list[float] | None:
     return rounded(accuracy_interval(t.detach().double().clamp(0, 1).cpu().tolist()))
 
 
-def observed_gradients(defense: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """The share of examples whose raw input gradient (the naive view, cross-entropy) is
-    zero or non-finite at the clean point: shattered or cut gradients a manifest did not
-    declare (``defense_facts``' ``zero_gradients``)."""
-    if len(x) == 0:
-        return {"zero_fraction": 0.0, "examples": 0}
-    grad = evaluate(AdaptiveView(defense), x, y, "ce").grad.reshape(len(x), -1)
-    zero = (~torch.isfinite(grad).all(1)) | (grad.abs().amax(1) == 0)
-    return {"zero_fraction": round(float(zero.float().mean()), 6), "examples": len(x)}
-
-
 def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
     """Numeric diagnostics averaged over batches (weighted by size), others kept last."""
     total = sum(n for n, _ in infos) or 1
@@ -441,18 +429,6 @@ class Orchestrator:
                 unbounded["run_id"] if unbounded else None, sweep,
                 certificate["run_id"] if certificate else None)
         self._record(self._call(FLAGS_JOB, args, "flags", run_id, threat_id=threat.id))
-
-
-def sweep_threats(threats: list[ThreatModel], sweep_eps: dict[str, tuple[float, ...]] | None) -> list[ThreatModel]:
-    """The threats a run attacks: the requested ones, then every ε > 0 of the sweeps (a
-    sweep point is a threat model like the fixed ones: every applicable attack runs there)."""
-    out = list(threats)
-    for norm in ("linf", "l2"):
-        for eps in (sweep_eps or {}).get(norm, ()):
-            t = ThreatModel(norm, eps)
-            if eps > 0 and t.id not in {u.id for u in out}:
-                out.append(t)
-    return out
 
 
 def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatModel],

@@ -187,3 +187,15 @@ def get_threat(threat_id: str) -> ThreatModel:
     except ValueError:
         raise ValueError(f"threat {threat_id!r}: eps {eps!r} is not a number") from None
     return ThreatModel(norm, value)
+
+
+def sweep_threats(threats: list[ThreatModel], sweep_eps: dict[str, tuple[float, ...]] | None) -> list[ThreatModel]:
+    """The threats a run attacks: the requested ones, then every ε > 0 of the sweeps (a
+    sweep point is a threat model like the fixed ones: every applicable attack runs there)."""
+    out = list(threats)
+    for norm in ("linf", "l2"):
+        for eps in (sweep_eps or {}).get(norm, ()):
+            t = ThreatModel(norm, eps)
+            if eps > 0 and t.id not in {u.id for u in out}:
+                out.append(t)
+    return out
