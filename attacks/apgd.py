@@ -47,6 +47,7 @@ wrong class): the target only steers the search.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -279,8 +280,12 @@ class APGDCE(Attack):
         view = AdaptiveView(defense, bpda=True, eot=p.eot)
         x_adv, info = apgd(view, x, y, threat, steps=p.steps, restarts=p.restarts, loss=self.loss,
                            rho=p.rho, momentum=p.momentum, initial_step=p.initial_step,
-                           generator=ctx.generator)
+                           generator=ctx.generator, **self.loss_options())
         return AttackResult(x_adv, info)
+
+    def loss_options(self) -> dict[str, Any]:
+        """Further keyword arguments of :func:`apgd` for this variant's loss."""
+        return {}
 
 
 ATTACKS.register(APGDCE)
@@ -297,7 +302,7 @@ class APGDDLR(APGDCE):
 
 
 @ATTACKS.register
-class APGDT(Attack):
+class APGDT(APGDCE):
     """Targeted APGD (APGD-T): APGD on the targeted DLR loss (Croce & Hein 2020, Eq. 7),
     once per target class, through the full adaptive view (BPDA + EOT).
 
@@ -315,54 +320,20 @@ class APGDT(Attack):
     """
 
     id = "apgd-t"
-    adaptive = True
     deterministic_only = True
     summary = "Auto-PGD, targeted DLR loss, BPDA+EOT view (AutoAttack standard, 9 targets × 100 iterations)"
     loss = "dlr-targeted"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(APGDCE.Params):
         """APGD-T parameters (defaults of fra31/auto-attack ``APGDAttack_targeted`` in
-        AutoAttack's standard version)."""
+        AutoAttack's standard version; the others as APGD-CE's). ``eot`` is kept equal to
+        APGD-CE's so that a forced run against a randomized defense costs the same per
+        iteration (the attack is left out against those)."""
 
-        #: Iterations per run.
-        steps: int = 100
-        #: Runs per target; later runs attack only what is still robust (standard: 1).
-        restarts: int = 1
         #: Targets per example: the classes of the 2nd, 3rd, … largest clean logits
         #: (standard: 9; capped at the number of classes minus one).
         n_target_classes: int = 9
-        #: ρ of the step-halving oscillation condition.
-        rho: float = 0.75
-        #: α of the momentum update (Eq. 2).
-        momentum: float = 0.75
-        #: Initial step η⁽⁰⁾ as a multiple of the raw radius ε.
-        initial_step: float = 2.0
-        #: Draws of the defense's randomness per gradient (EOT). The attack is left out
-        #: against randomized defenses, so the view normally ignores it; kept equal to
-        #: APGD-CE's so a forced run costs the same per iteration.
-        eot: int = 10
 
-    def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
-            threat: ThreatModel, ctx: AttackContext) -> AttackResult:
-        """Run APGD-T (see the class docstring).
-
-        Args:
-            defense: the defense (a deterministic one: see ``deterministic_only``).
-            x: clean inputs in [0, 1].
-            y: true labels.
-            threat: the threat model.
-            ctx: the seeded generator for the starting points.
-
-        Returns:
-            The lowest-margin point per example and :func:`apgd`'s ``info``.
-
-        Raises:
-            ValueError: fewer than four classes, or ``n_target_classes`` < 1.
-        """
-        p = self.params
-        view = AdaptiveView(defense, bpda=True, eot=p.eot)
-        x_adv, info = apgd(view, x, y, threat, steps=p.steps, restarts=p.restarts, loss=self.loss,
-                           rho=p.rho, momentum=p.momentum, initial_step=p.initial_step,
-                           n_target_classes=p.n_target_classes, generator=ctx.generator)
-        return AttackResult(x_adv, info)
+    def loss_options(self) -> dict[str, Any]:
+        return {"n_target_classes": self.params.n_target_classes}

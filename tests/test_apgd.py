@@ -15,6 +15,7 @@ from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
 from defenses.pipeline import Defense, Step
 from tests.linear import exact_distance, linear_problem, still_correct
+from tests.dummies import RejectLowConfidence
 
 
 def threat_at_median(dist: torch.Tensor, norm: str, d: int) -> ThreatModel:
@@ -130,19 +131,6 @@ class Noise(Step):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + 0.01 * torch.randn_like(x)
-
-
-class RejectLowConfidence(nn.Module):
-    """Linear logits plus a reject logit that wins when the top-two gap is small."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        top2 = z.topk(2, dim=1).values
-        return torch.cat([z, (3.0 - (top2[:, 0] - top2[:, 1])).unsqueeze(1)], 1)
 
 
 def test_randomized_defense_uses_eot_and_returns_valid_points():

@@ -14,6 +14,7 @@ from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
 from defenses.pipeline import Defense, Step
 from tests.linear import exact_distance, linear_problem, still_correct
+from tests.dummies import RejectLowConfidence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -184,19 +185,6 @@ def test_left_out_against_randomized_defenses():
     res = run("apgd-t", randomized, x, y, threat, steps=4, n_target_classes=2)
     threat.verify(res.x_adv, x)
     assert res.info["eot"] == 10 and res.info["targets_run"] == 2
-
-
-class RejectLowConfidence(nn.Module):
-    """Linear logits plus a reject logit that wins when the top-two gap is small."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        top2 = z.topk(2, dim=1).values
-        return torch.cat([z, (3.0 - (top2[:, 0] - top2[:, 1])).unsqueeze(1)], 1)
 
 
 def test_rejecting_defense_targets_real_classes_and_breaks_are_not_rejections(monkeypatch):

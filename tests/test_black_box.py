@@ -13,6 +13,7 @@ from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
 from defenses.models import LinearClassifier
 from defenses.pipeline import Defense, Step
+from tests.dummies import OpaqueIdentity
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,15 +51,6 @@ def still_correct(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tor
 def run(attack_id: str, defense, x, y, threat, seed: int = 0, surrogate=None, **params):
     ctx = AttackContext(generator=torch.Generator().manual_seed(seed), surrogate=surrogate)
     return make_attack(attack_id, **params).run(defense, x, y, threat, ctx)
-
-
-class OpaqueIdentity(Step):
-    """The identity computed outside autograd: naive gradients through it are zero."""
-
-    differentiable = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(x.detach().cpu().numpy().copy()).to(x)
 
 
 # -- random ----------------------------------------------------------------------------

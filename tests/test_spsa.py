@@ -19,9 +19,10 @@ from attacks.adaptive import AdaptiveView, evaluate
 from attacks.base import AttackContext
 from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
-from defenses.pipeline import Defense, Step
+from defenses.pipeline import Defense
 from tests.linear import exact_distance, linear_problem, still_correct
 from tests.linear_exact import exact_robustness
+from tests.dummies import OpaqueIdentity, RejectLowConfidence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -245,28 +246,6 @@ def test_rejects_bad_parameters():
         run(model, x, y, ThreatModel("linf", 0.1), iterations=0)
     with pytest.raises(ValueError, match="delta"):
         run(model, x, y, ThreatModel("linf", 0.1), delta=0.0)
-
-
-class OpaqueIdentity(Step):
-    """The identity computed outside autograd: naive gradients through it are zero."""
-
-    differentiable = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(x.detach().cpu().numpy().copy()).to(x)
-
-
-class RejectLowConfidence(nn.Module):
-    """Linear logits plus a last reject logit that wins when the top-two gap is small."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        top2 = z.topk(2, dim=1).values
-        return torch.cat([z, (3.0 - (top2[:, 0] - top2[:, 1])).unsqueeze(1)], 1)
 
 
 def test_rejecting_defense_breaks_are_wrong_classes_never_rejections():
