@@ -10,7 +10,8 @@
 * ``cifar10``: CIFAR-10 (50,000 / 10,000), evaluation order = file order.
 
 ``mnist`` and ``cifar10`` are read from ``--data-dir`` / ``GAUNTLET_DATA`` in
-torchvision's layout, or, for CIFAR-10, from ``cifar10-{train,test}.npz`` files (the
+torchvision's layout, or, for CIFAR-10, from ``cifar10-{train,test}.npz`` files or the
+training set's ``cifar10-train-1.npz`` … ``-5.npz`` (one per official batch; the
 offline copies in ``../shared/data``); they are downloaded only when the caller asks.
 """
 from __future__ import annotations
@@ -168,11 +169,17 @@ def _load_cifar10(split: str, root: Path | None, download: bool):
         raise DatasetError("cifar10: no data directory; pass --data-dir or set GAUNTLET_DATA, "
                            "or --download")
     npz = root / f"cifar10-{split}.npz"
-    if npz.is_file():
-        with np.load(npz) as d:
-            images, labels = d["images"], d["labels"]
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-        return x.contiguous(), torch.from_numpy(labels.astype(np.int64))
+    # One file per split, or (training set) one file per official batch, in batch order:
+    # cifar10-train-1.npz … -5.npz concatenate to torchvision's CIFAR10(train=True).
+    parts = [npz] if npz.is_file() else sorted(root.glob(f"cifar10-{split}-[0-9].npz"))
+    if parts:
+        images, labels = [], []
+        for part in parts:
+            with np.load(part) as d:
+                images.append(d["images"])
+                labels.append(d["labels"])
+        x = torch.from_numpy(np.concatenate(images)).permute(0, 3, 1, 2).float() / 255.0
+        return x.contiguous(), torch.from_numpy(np.concatenate(labels).astype(np.int64))
     import torchvision
 
     if not (root / "cifar-10-batches-py").is_dir() and not download:

@@ -49,6 +49,15 @@ def test_cifar10_npz_loader(shared_data):
     assert torch.allclose(mean, torch.tensor([0.49421428, 0.48513139, 0.45040909]), atol=1e-5)
 
 
+def test_cifar10_training_set_from_the_five_batch_files(shared_data):
+    if not (shared_data / "cifar10-train-1.npz").is_file():
+        pytest.skip("the CIFAR-10 training batches are not in the data folder")
+    x, y = get_dataset("cifar10").split("train", shared_data)
+    assert x.shape == (50000, 3, 32, 32) and torch.bincount(y).tolist() == [5000] * 10
+    mean = x.mean(dim=(0, 2, 3))  # the published training-set statistics (shared/data/README.md)
+    assert torch.allclose(mean, torch.tensor([0.49139968, 0.48215841, 0.44653091]), atol=1e-5)
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="not found"):
         get_dataset("mnist").split("test", tmp_path)
