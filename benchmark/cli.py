@@ -214,6 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _bad(e.problems)
     except (KeyError, ValueError, DatasetError) as e:
         return _bad(str(e.args[0]) if e.args else str(e))
+    for line in summary.unavailable:
+        print(line, file=sys.stderr)
     print(f"{len(summary.written)} result files written, {len(summary.skipped)} reused (resume) in {args.results}")
     print(_summary_table(args.results, cfg.threats))
     for err in summary.errors:

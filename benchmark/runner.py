@@ -97,6 +97,8 @@ class RunSummary:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: One line per submission not run because its dataset's files are not available.
+    unavailable: list[str] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -534,6 +536,25 @@ def surrogate_loader(cfg: RunConfig, dataset_id: str, device: torch.device) -> C
     return load
 
 
+def _with_available_data(subs: list[Submission], cfg: RunConfig, summary: RunSummary) -> list[Submission]:
+    """The submissions whose dataset can be read; the others get one line each in
+    ``summary.unavailable`` saying how to provide the data (the embedded default runs
+    offline whatever else the submissions folder holds)."""
+    from benchmark.datasets import DatasetError
+
+    ready = []
+    for sub in subs:
+        try:
+            get_dataset(sub.manifest.dataset).split("test", cfg.data_dir, download=cfg.download)
+        except DatasetError as e:
+            summary.unavailable.append(
+                f"{sub.path}: dataset: {e}; skipped (provide the files with --data-dir DIR or $GAUNTLET_DATA, "
+                f"or pass --download with a network)")
+            continue
+        ready.append(sub)
+    return ready
+
+
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Run the benchmark.
 
@@ -563,6 +584,7 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
         make_attack(a)  # unknown id → KeyError with close names, before any work
     threats = [get_threat(t) for t in cfg.threats]
     summary = RunSummary()
+    subs = _with_available_data(subs, cfg, summary)
     rf.remove_stale_temporaries(cfg.results_dir)
     do_sweep = cfg.sweep if cfg.sweep is not None else profile.sweep
     workers, threads = worker_plan(cfg, device, len(subs))

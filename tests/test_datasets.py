@@ -63,3 +63,31 @@ def test_missing_data_is_a_clear_error(tmp_path):
         get_dataset("mnist").split("test", tmp_path)
     with pytest.raises(DatasetError, match="cifar10-train.npz"):
         get_dataset("cifar10").split("train", tmp_path)
+
+
+def test_run_skips_a_submission_whose_dataset_is_missing_with_one_line(submissions, tmp_path):
+    """A CIFAR-10 submission without the CIFAR-10 files is skipped with one line saying how
+    to provide them; the rest of the run goes on (issue 16: the embedded default stays
+    offline-runnable whatever the submissions folder holds)."""
+    import shutil
+    import subprocess
+    import sys
+
+    cifar = submissions / "dummy-cifar"
+    shutil.copytree(submissions / "dummy-linear", cifar)
+    manifest = cifar / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace("id: dummy-linear", "id: dummy-cifar")
+                        .replace("dataset: mnist-embedded", "dataset: cifar10"))
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions),
+                          "--defense", "dummy-linear", "--defense", "dummy-cifar", "--attack", "fgsm",
+                          "--threat", "linf-0.1", "--n-examples", "5", "--no-sweep", "--no-site", "--quiet",
+                          "--no-isolation", "--data-dir", str(empty), "--results", str(tmp_path / "r")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "dummy-cifar" in line]
+    assert len(lines) == 1 and "dataset:" in lines[0] and "--data-dir" in lines[0] and "--download" in lines[0]
+    assert "Traceback" not in out.stderr
+    assert (tmp_path / "r" / "mnist-embedded" / "dummy-linear" / "linf-0.1" / "fgsm.json").is_file()
+    assert not (tmp_path / "r" / "cifar10").exists()
