@@ -204,6 +204,16 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
+def unavailable(dataset_id: str, data_dir: str | Path | None = None, download: bool = False) -> str | None:
+    """Why a dataset's test split cannot be read (with how to provide it), or None when it can."""
+    try:
+        get_dataset(dataset_id).split("test", data_dir, download=download)
+    except DatasetError as e:
+        return (f"{e} (provide the files with --data-dir DIR or $GAUNTLET_DATA, or pass --download "
+                "with a network)")
+    return None
+
+
 def get_dataset(dataset_id: str) -> Dataset:
     """Look up a registered dataset.
 

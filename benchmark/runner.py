@@ -37,7 +37,7 @@ from attacks.base import AttackContext, defense_facts
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
 from benchmark.code_hash import code_hash, submission_files_hash
-from benchmark.datasets import get_dataset
+from benchmark.datasets import get_dataset, unavailable
 from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
 from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.profiles import Profile, get_profile
@@ -536,25 +536,6 @@ def surrogate_loader(cfg: RunConfig, dataset_id: str, device: torch.device) -> C
     return load
 
 
-def _with_available_data(subs: list[Submission], cfg: RunConfig, summary: RunSummary) -> list[Submission]:
-    """The submissions whose dataset can be read; the others get one line each in
-    ``summary.unavailable`` saying how to provide the data (the embedded default runs
-    offline whatever else the submissions folder holds)."""
-    from benchmark.datasets import DatasetError
-
-    ready = []
-    for sub in subs:
-        try:
-            get_dataset(sub.manifest.dataset).split("test", cfg.data_dir, download=cfg.download)
-        except DatasetError as e:
-            summary.unavailable.append(
-                f"{sub.path}: dataset: {e}; skipped (provide the files with --data-dir DIR or $GAUNTLET_DATA, "
-                f"or pass --download with a network)")
-            continue
-        ready.append(sub)
-    return ready
-
-
 def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
     """Run the benchmark.
 
@@ -584,7 +565,11 @@ def run(cfg: RunConfig, progress: bool = True) -> RunSummary:
         make_attack(a)  # unknown id → KeyError with close names, before any work
     threats = [get_threat(t) for t in cfg.threats]
     summary = RunSummary()
-    subs = _with_available_data(subs, cfg, summary)
+    for sub in list(subs):  # a dataset whose files are missing: one line, the rest runs
+        reason = unavailable(sub.manifest.dataset, cfg.data_dir, cfg.download)
+        if reason:
+            summary.unavailable.append(f"{sub.path}: dataset: {reason}; skipped")
+            subs.remove(sub)
     rf.remove_stale_temporaries(cfg.results_dir)
     do_sweep = cfg.sweep if cfg.sweep is not None else profile.sweep
     workers, threads = worker_plan(cfg, device, len(subs))
