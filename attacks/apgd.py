@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.adaptive import MIN_SELECTION_DRAWS, AdaptiveView, BestTracker, evaluate
+from attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
 from attacks.losses import TARGETED_LOSSES
 from benchmark.threats import ThreatModel
@@ -152,11 +152,7 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     targeted = loss in TARGETED_LOSSES
     if targeted and n_target_classes < 1:
         raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
-    best = BestTracker(x)
-    # As in PGD (attacks.pgd): a margin of fewer than MIN_SELECTION_DRAWS draws of a randomized
-    # defense cannot choose the kept point (a lucky draw would win); keep the last iterate.
-    keep_last = stochastic and view.eot < MIN_SELECTION_DRAWS
-    last = x.detach().clone()
+    best = BestTracker.for_view(view, x)  # few-draw margins of a randomized defense: last iterate
     clean = evaluate(view, x, y, "margin", grad=False)
     classes = clean.logits.shape[-1]
     if loss == "dlr" and classes < 3:
@@ -188,8 +184,7 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
             best.update(xa, ev.margin, active)
             grad = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
             if zero is None:
-                flat = ev.grad.reshape(len(xa), -1)
-                zero = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
+                zero = zero_gradient_rows(ev.grad)
             eta = torch.full((len(xa),), initial_step * radius, device=x.device, dtype=x.dtype)
             loss_best, x_lbest, g_lbest = ev.loss.clone(), xa.clone(), grad.clone()
             last_loss = ev.loss.clone()
@@ -231,7 +226,7 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
                         active = active[keep]
                         if len(active) == 0:
                             break
-            last[active] = xa.detach()
+            best.last(xa, active)
             final_steps.append(eta / radius)
         if not attacked:  # nothing left to attack: later targets would not run either
             break
@@ -245,8 +240,8 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     if targeted:
         info.update(target_classes=len(columns), targets_run=len(broken_per_target),
                     broken_per_target=broken_per_target)
-    info["kept"] = "last iterate" if keep_last else "lowest-margin point"
-    return (last if keep_last else best.x), info
+    info["kept"] = best.kept
+    return best.x, info
 
 
 class APGDCE(Attack):

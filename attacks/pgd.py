@@ -11,10 +11,9 @@ gradients (``pgd``, what a naive evaluation does), BPDA (``pgd-bpda``), EOT
 (``pgd-eot``) and both (``pgd-bpda-eot``). Every variant keeps the lowest-margin point it
 visited, and stops attacking an example of a deterministic defense once it is broken.
 Against a randomized defense seen one draw per gradient (``pgd``, ``pgd-bpda``, FGSM) a
-visited point's margin is a single noisy draw, so keeping the lowest one keeps a lucky
-draw (naive ``pgd`` on smoothing σ = 0.25 at ℓ∞ 0.1: 79.0% with the best point against
-74.7% with the last iterate); such a run returns its last iterate instead. With EOT the
-kept point is chosen on the k-draw mean.
+visited point's margin is a single noisy draw, so such a run returns its last iterate
+(:class:`attacks.adaptive.BestTracker`); with EOT the kept point is chosen on the k-draw
+mean.
 """
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import MIN_SELECTION_DRAWS, AdaptiveView, BestTracker, evaluate
+from attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
 from benchmark.threats import ThreatModel
 
@@ -54,11 +53,8 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
     alpha = threat.step_size(d, step_size)
     stochastic = view.eot > 1 or bool(getattr(view.defense, "randomized", False))
     drop = early_stop and not stochastic
-    # One noisy draw per point cannot rank points: keep the last iterate (module docstring).
-    keep_last = stochastic and view.eot < MIN_SELECTION_DRAWS
-    last = x.detach().clone()
-    best = BestTracker(x)
-    if random_start:  # the clean point competes too (without a random start, step 1 is at x)
+    best = BestTracker.for_view(view, x)  # one noisy draw per point cannot rank points
+    if random_start and best.select:  # the clean point competes too (else step 1 is at x)
         best.update(x, evaluate(view, x, y, loss, grad=False).margin)
     zero: torch.Tensor | None = None  # per attacked example: first gradient zero/non-finite
     cosine: torch.Tensor | None = None  # per attacked example: cos(∇ draw 1, ∇ draw 2) at the start
@@ -75,7 +71,7 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
             ev = evaluate(view, xa, y0, loss)
             best.update(xa, ev.margin, active)
             if zero is None:
-                zero = _zero_rows(ev.grad)
+                zero = zero_gradient_rows(ev.grad)
                 # A second single draw: how noisy is one gradient? (Not when every first
                 # gradient is zero: the cosine is undefined and the query would be wasted.)
                 if stochastic and view.eot == 1 and not bool(zero.all()):
@@ -94,16 +90,16 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
                     if len(active) == 0:
                         break
         if len(active):
-            last[active] = xa.detach()
-            if not keep_last:
+            best.last(xa, active)
+            if best.select:
                 best.update(xa, evaluate(view, xa, y0, loss, grad=False).margin, active)
     fraction = float(zero.float().mean()) if zero is not None else 0.0
     info: dict = {"zero_grad_fraction": fraction}
     if cosine is not None:
         finite = cosine[torch.isfinite(cosine)]
         info["gradient_draw_cosine"] = float(finite.median()) if len(finite) else None
-    info["kept"] = "last iterate" if keep_last else "lowest-margin point"
-    return (last if keep_last else best.x), info
+    info["kept"] = best.kept
+    return best.x, info
 
 
 def _draw_cosine(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
@@ -119,12 +115,6 @@ def _linf_box(threat: ThreatModel, x0: torch.Tensor) -> tuple[torch.Tensor, torc
     if threat.norm != "linf":
         return None
     return threat.project(torch.zeros_like(x0), x0), threat.project(torch.ones_like(x0), x0)
-
-
-def _zero_rows(grad: torch.Tensor) -> torch.Tensor:
-    """Per row: True when the gradient is all zero or has a non-finite value."""
-    flat = grad.reshape(len(grad), -1)
-    return (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
 
 
 class PGD(Attack):

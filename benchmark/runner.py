@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from attacks.adaptive import observed_gradients
 from attacks.base import AttackContext, defense_facts
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
@@ -43,7 +44,7 @@ from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.profiles import Profile, get_profile
 from benchmark.registry import Submission, build_defense, manifest_paths, validate
 from benchmark.scheduling import cost_rank, job_runner, run_threads, worker_plan
-from benchmark.scoring import Scores, declared_randomness_check, observed_gradients, score
+from benchmark.scoring import Scores, declared_randomness_check, score
 from benchmark.threats import FIXED_THREATS, ThreatModel, get_threat, sweep_threats
 
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, evaluate
-
 
 @dataclass
 class Scores:
@@ -74,14 +72,3 @@ def declared_randomness_check(defense: nn.Module, x: torch.Tensor, declared: boo
         a, b = defense(x), defense(x)
     diff = float((a - b).abs().max()) if a.numel() else 0.0
     return {"declared": bool(declared), "varied": diff > 0.0, "max_abs_diff": diff}
-
-
-def observed_gradients(defense: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """The share of examples whose raw input gradient (the naive view, cross-entropy) is
-    zero or non-finite at the clean point: shattered or cut gradients a manifest did not
-    declare (``defense_facts``' ``zero_gradients``)."""
-    if len(x) == 0:
-        return {"zero_fraction": 0.0, "examples": 0}
-    grad = evaluate(AdaptiveView(defense), x, y, "ce").grad.reshape(len(x), -1)
-    zero = (~torch.isfinite(grad).all(1)) | (grad.abs().amax(1) == 0)
-    return {"zero_fraction": round(float(zero.float().mean()), 6), "examples": len(x)}
