@@ -13,7 +13,7 @@ are concerned, so that one noisy example does not raise a flag on a large run.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -42,13 +42,19 @@ def _with(attacks: dict[str, dict], trait: str, value: bool = True) -> tuple[str
     return tuple(a for a, r in attacks.items() if bool(traits(r).get(trait, False)) == value)
 
 
+def naive_baseline_of(traits_by_attack: Mapping[str, Mapping[str, bool]]) -> str | None:
+    """The attack a naive evaluation runs among attacks given as id → traits (in order):
+    the first with the ``naive_baseline`` trait; against a detector the rejection-blind
+    one (which also declares ``needs_rejection``), the baseline a detector's authors
+    evaluate against. The flags and the leaderboard both choose by this rule."""
+    naive = [a for a, t in traits_by_attack.items() if t.get("naive_baseline")]
+    specific = [a for a in naive if traits_by_attack[a].get("needs_rejection")]
+    return (specific or naive or [None])[0]
+
+
 def naive_baseline(attacks: dict[str, dict]) -> str | None:
-    """The attack a naive evaluation runs among ``attacks`` (id → record): the one with
-    the ``naive_baseline`` trait; against a detector the rejection-blind one (which also
-    declares ``needs_rejection``), the baseline a detector's authors evaluate against."""
-    naive = _with(attacks, "naive_baseline")
-    specific = [a for a in naive if traits(attacks[a]).get("needs_rejection")]
-    return (specific or list(naive) or [None])[0]
+    """:func:`naive_baseline_of` among ``attacks`` (id → result record)."""
+    return naive_baseline_of({a: traits(r) for a, r in attacks.items()})
 
 
 FLAG_DOCS: dict[str, str] = {

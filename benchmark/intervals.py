@@ -24,6 +24,7 @@ same rule gives the worst case its interval.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 from scipy import stats
@@ -35,8 +36,10 @@ METHOD = "clopper-pearson (fractional scores: lower at floor, upper at ceil of t
 _EPS = 1e-9
 
 
+@lru_cache(maxsize=65536)
 def clopper_pearson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """The exact two-sided interval for k successes in n trials.
+    """The exact two-sided interval for k successes in n trials (cached: a leaderboard
+    asks for the same few (k, n) many times).
 
     Raises:
         ValueError: k outside [0, n], or n < 1.
@@ -66,6 +69,11 @@ def accuracy_interval(scores: Sequence[float], level: float = LEVEL) -> tuple[fl
     low_k = min(n, max(0, math.floor(total + _EPS)))
     high_k = min(n, max(0, math.ceil(total - _EPS)))
     return clopper_pearson(low_k, n, level)[0], clopper_pearson(high_k, n, level)[1]
+
+
+def percent(ci: tuple[float, float] | Sequence[float] | None) -> str:
+    """``(0.683, 0.988)`` → ``[68.3, 98.8]``; empty for a missing interval."""
+    return "" if ci is None else f"[{100 * float(ci[0]):.1f}, {100 * float(ci[1]):.1f}]"
 
 
 def rounded(ci: tuple[float, float] | None, digits: int = 6) -> list[float] | None:

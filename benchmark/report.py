@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmark.intervals import percent
 from benchmark.summary import md
 
 START = "<!-- gauntlet:table:start -->"
@@ -38,13 +39,13 @@ class ReportError(ValueError):
     """The README cannot be updated (missing or misplaced markers); names the file."""
 
 
+def _space(text: str) -> str:
+    """`` text`` with a leading space, or empty."""
+    return f" {text}" if text else ""
+
+
 def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * float(v):.1f}%"
-
-
-def _ci(ci: tuple[float, float] | None) -> str:
-    """`` [75.1, 99.9]`` (percent, with a leading space), or empty when unknown."""
-    return "" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def _cell(board: Any, dataset: str, defense: str, threat: str, notes: set[str]) -> str:
@@ -61,7 +62,7 @@ def _cell(board: Any, dataset: str, defense: str, threat: str, notes: set[str]) 
     if wc.naive_blind:  # a detector: the naive evaluation ignores rejection
         notes.add("blind")
     text = f"{_pct(wc.naive_accuracy)}{' ‡' if wc.naive_blind else ''} → **{_pct(wc.accuracy)}**" \
-           f"{_ci(wc.accuracy_ci)} ({md(wc.strongest)})"
+           f"{_space(percent(wc.accuracy_ci))} ({md(wc.strongest)})"
     if agg.reduced_budgets(board, dataset, defense, threat):
         notes.add("reduced")
         text += " †"
@@ -107,12 +108,12 @@ def render_table(results_dir: Path) -> str:
                 wcs = [agg.worst_case(board, dataset, defense, t) for t in FIXED_THREATS]
                 base = next((w for w in wcs if w is not None and w.accuracy is not None), None)
                 cells = [name, md(dataset), str(base.n) if base else "–",
-                         _pct(base.clean_accuracy if base else None) + _ci(base.clean_ci if base else None)]
+                         _pct(base.clean_accuracy if base else None) + _space(percent(base.clean_ci if base else None))]
                 cells += [_cell(board, dataset, defense, t, notes) for t in threats]
             out.append("| " + " | ".join(cells) + " |")
     if len(out) == 4:
         out.append("| (no results) |" + " |" * (len(header) - 1))
-    naive = [f"`{a}`" for a, c in board.catalog.items() if (c.get("traits") or {}).get("naive_baseline")]
+    naive = [f"`{a}`" for a in agg.naive_baselines(board)]
     out += ["", f"Naive = the naive baseline alone ({' or '.join(naive) or 'the naive_baseline attack'}: PGD on raw "
             "gradients); worst case = per example, the minimum over every attack run at that threat, then the mean "
             "(it can be lower than any single attack); in parentheses the strongest single attack. Every ε, sweep "

@@ -275,12 +275,9 @@ class SubmissionRun:
             totals[f"{name}_ci"] = _interval(values)
         record.update({
             "attack": {**attack.describe(), "summary": attack.summary, "traits": attack.traits(),
-                       "gradient_free": bool(attack.gradient_free),
                        "override_reason": override.reason if override else None},
             "threat": threat.describe(self.dataset.dim),
             "draws": self.draws,
-            "scoring": {"rejection": "abstention counts as an error" if abstains
-                        else "a rejected adversarial input counts as a defense win" if rejects else None},
             "per_example": per_example,
             "summary": totals,
             "info": _merge_info(infos),
@@ -299,7 +296,7 @@ def _mean(t: torch.Tensor) -> float:
 
 
 def _interval(t: torch.Tensor) -> list[float] | None:
-    return rounded(accuracy_interval(t.detach().double().clamp(0, 1).cpu().tolist()))
+    return rounded(accuracy_interval(t.detach().double().cpu().tolist()))
 
 
 def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
@@ -359,8 +356,6 @@ class Orchestrator:
         self.summary, self.progress = summary, progress
         self.dataset = sub.manifest.dataset
         self.indices: list[int] | None = None
-        #: The defense may reject inputs (known after :meth:`prepare`).
-        self.rejects = False
 
     def _call(self, fn: str, args: tuple, job: str, run_id: str, attack_id: str | None = None,
               threat_id: str | None = None) -> dict | None:
@@ -389,7 +384,6 @@ class Orchestrator:
         out = self.jobs.run(PREPARE_JOB, (self.cfg, self.sub.id))
         if out.ok:
             self.indices = out.value["indices"]
-            self.rejects = bool(out.value["rejects"])
             return True
         config = error_job_config(self.cfg, self.sub, "prepare", timeout_s=self.jobs.timeout_s,
                                   memory_mb=self.jobs.memory_mb)
@@ -462,8 +456,8 @@ def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatM
                 if not points and sweep_eps:
                     # ε = 0 is not attacked (no perturbation is possible): it is the clean
                     # accuracy every record carries (scored with the same draws).
-                    points.append((0.0, worst_case([{"per_example": {"robust_correct": recs[0]["per_example"][
-                        "clean_correct"]}}])))
+                    clean = recs[0]["per_example"]["clean_correct"]
+                    points.append((0.0, sum(clean) / len(clean)))
                 points.append((threat.eps, worst_case(recs)))
         curves[norm] = points
     certificate = orch.certify(threats) if cfg.certify and sub.manifest.certify is not None else None

@@ -30,8 +30,9 @@ from leaderboard.claims import RULE as CLAIM_RULE  # noqa: F401
 from leaderboard.claims import claim_gap, context_reasons, pick_claim, verdict  # noqa: F401
 from leaderboard.job_errors import JobError
 from leaderboard.worst import (Certified, Interval, OtherFigure, WorstCase, abstains,  # noqa: F401
-                               certificate_interval, certified, certified_curve, defense_facts,
-                               failed_attacks, interval, naive_attack, threat_dim, worst_case)
+                               certificate_interval, certified, certified_curve, ci_columns, defense_facts,
+                               failed_attacks, interval, naive_attack, naive_baselines, threat_dim, with_ci,
+                               worst_case)
 
 #: Tooltip of the marker between ranked rows whose intervals overlap.
 OVERLAP_TOOLTIP = "95% intervals overlap: the order of these rows is not significant"
@@ -214,24 +215,16 @@ def _overlaps_next(df: pd.DataFrame) -> list[bool]:
     return out
 
 
-def _ci_columns(name: str) -> list[str]:
-    return [name, f"{name}_ci_low", f"{name}_ci_high"]
-
-
 #: Columns of :func:`leaderboard` (hence of leaderboard.csv and leaderboard.json).
 COLUMNS = ["dataset", "threat", "rank", "overlaps_next", "defense", "name", "paper_title", "paper_url", "venue",
-           "authors", *_ci_columns("clean_accuracy"), "claim_accuracy", "claim_threat", "claim_source",
+           "authors", *ci_columns("clean_accuracy"), "claim_accuracy", "claim_threat", "claim_source",
            "claim_dataset", "claim_same_model", "claim_judged", "claim_verdict",
-           *_ci_columns("claim_measured"), "claim_gap", "not_reproduced", "claim_incomplete",
-           *_ci_columns("robust_accuracy"), *_ci_columns("robust_accuracy_worst_of_draws"),
-           "strongest_attack", *_ci_columns("strongest_accuracy"), "naive_attack", "naive_blind",
-           *_ci_columns("naive_accuracy"), *_ci_columns("certified_accuracy"), "certificate", "flags_raised",
+           *ci_columns("claim_measured"), "claim_gap", "not_reproduced", "claim_incomplete",
+           *ci_columns("robust_accuracy"), *ci_columns("robust_accuracy_worst_of_draws"),
+           "strongest_attack", *ci_columns("strongest_accuracy"), "naive_attack", "naive_blind",
+           *ci_columns("naive_accuracy"), *ci_columns("certified_accuracy"), "certificate", "flags_raised",
            "attacks_run", "missing_attacks", "failed_attacks", "incomplete", "build_error", "job_errors",
            "reduced_budget", "profile", "n", "run_date"]
-
-
-def _with_ci(name: str, value: float | None, ci: Interval | None) -> dict[str, float | None]:
-    return {name: value, f"{name}_ci_low": ci[0] if ci else None, f"{name}_ci_high": ci[1] if ci else None}
 
 
 def _row(board: Board, dataset: str, defense: str, threat: str) -> dict[str, Any]:
@@ -251,7 +244,7 @@ def _row(board: Board, dataset: str, defense: str, threat: str) -> dict[str, Any
         "name": board.name(dataset, defense), "paper_title": paper.get("title"),
         "paper_url": paper.get("url"), "venue": paper.get("venue"),
         "authors": "; ".join(m.get("authors") or []),
-        **_with_ci("clean_accuracy", wc.clean_accuracy if wc else None, wc.clean_ci if wc else None),
+        **with_ci("clean_accuracy", wc.clean_accuracy if wc else None, wc.clean_ci if wc else None),
         "claim_accuracy": float(claim["accuracy"]) if claim else None,
         "claim_threat": claim["threat"] if claim else None,
         "claim_source": claim.get("source") if claim else None,
@@ -259,19 +252,19 @@ def _row(board: Board, dataset: str, defense: str, threat: str) -> dict[str, Any
         "claim_same_model": bool(claim.get("same_model", True)) if claim else None,
         "claim_judged": bool(gap and gap["judged"]),
         "claim_verdict": gap["verdict"] if gap else None,
-        **_with_ci("claim_measured", gap["measured"] if gap else None, gap["measured_ci"] if gap else None),
+        **with_ci("claim_measured", gap["measured"] if gap else None, gap["measured_ci"] if gap else None),
         "claim_gap": gap["gap"] if gap else None,
         "not_reproduced": bool(gap and gap["not_reproduced"]),
         "claim_incomplete": bool(gap and gap["incomplete"]),
-        **_with_ci("robust_accuracy", wc.accuracy if wc else None, wc.accuracy_ci if wc else None),
-        **_with_ci("robust_accuracy_worst_of_draws", wc.worst_of_draws if wc else None,
+        **with_ci("robust_accuracy", wc.accuracy if wc else None, wc.accuracy_ci if wc else None),
+        **with_ci("robust_accuracy_worst_of_draws", wc.worst_of_draws if wc else None,
                    wc.worst_of_draws_ci if wc else None),
         "strongest_attack": wc.strongest if wc else None,
-        **_with_ci("strongest_accuracy", wc.strongest_accuracy if wc else None, wc.strongest_ci if wc else None),
+        **with_ci("strongest_accuracy", wc.strongest_accuracy if wc else None, wc.strongest_ci if wc else None),
         "naive_attack": wc.naive if wc else None,
         "naive_blind": bool(wc and wc.naive_blind),
-        **_with_ci("naive_accuracy", wc.naive_accuracy if wc else None, wc.naive_ci if wc else None),
-        **_with_ci("certified_accuracy", cert.accuracy if cert else None, cert.ci if cert else None),
+        **with_ci("naive_accuracy", wc.naive_accuracy if wc else None, wc.naive_ci if wc else None),
+        **with_ci("certified_accuracy", cert.accuracy if cert else None, cert.ci if cert else None),
         "certificate": cert.method if cert else None,
         "flags_raised": ";".join(f["id"] for f in fl if f["raised"]),
         "attacks_run": ";".join(wc.attacks) if wc else "",

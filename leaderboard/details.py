@@ -13,7 +13,8 @@ import pandas as pd
 from benchmark.threats import get_threat
 from leaderboard.aggregate import budget_change, profile_summary
 from leaderboard.board import Board, attack_order, attack_traits
-from leaderboard.worst import Interval, abstains, interval, other_key, summary_interval, worst_case
+from leaderboard.worst import (Interval, abstains, ci_columns, interval, other_key, summary_interval, with_ci,
+                               worst_case)
 
 #: Figures of an attack record: column name → (per-example key, summary key).
 _FIGURES = {"robust_accuracy": ("robust_correct", "robust_accuracy"),
@@ -23,16 +24,12 @@ _FIGURES = {"robust_accuracy": ("robust_correct", "robust_accuracy"),
             "adv_rejection_rate": ("adv_rejected", "adv_rejection_rate")}
 
 
-def _ci_names(name: str) -> list[str]:
-    return [name, f"{name}_ci_low", f"{name}_ci_high"]
-
-
 #: Columns of :func:`attack_table`. ``robust_accuracy_other`` is the figure under the
 #: other reading of a rejected adversarial input (``other_rejection``: ``win`` or ``error``).
 ATTACK_COLUMNS = ["attack", "summary", "params", "override_reason", "budget_change", "naive", "blind", "n",
-                  *_ci_names("clean_accuracy"), *_ci_names("robust_accuracy"),
-                  *_ci_names("robust_accuracy_worst_of_draws"), *_ci_names("clean_rejection_rate"),
-                  *_ci_names("adv_rejection_rate"), *_ci_names("robust_accuracy_other"), "other_rejection",
+                  *ci_columns("clean_accuracy"), *ci_columns("robust_accuracy"),
+                  *ci_columns("robust_accuracy_worst_of_draws"), *ci_columns("clean_rejection_rate"),
+                  *ci_columns("adv_rejection_rate"), *ci_columns("robust_accuracy_other"), "other_rejection",
                   "draws", "wall_seconds", "run_id", "error_kind", "error_job", "error_message", "error_traceback"]
 
 
@@ -45,10 +42,6 @@ def _figure(per_example: dict[str, Any], summary: dict[str, Any], key: str,
         return float(sum(scores) / len(scores)), interval(scores)
     value = summary.get(summary_key)
     return (None if value is None else float(value)), summary_interval(summary, f"{summary_key}_ci")
-
-
-def _with_ci(name: str, value: float | None, ci: Interval | None) -> dict[str, Any]:
-    return {name: value, f"{name}_ci_low": ci[0] if ci else None, f"{name}_ci_high": ci[1] if ci else None}
 
 
 def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.DataFrame:
@@ -79,10 +72,10 @@ def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.Da
                "n": s.get("n", len(rec["dataset"]["indices"])), "draws": rec.get("draws"),
                "wall_seconds": rec.get("timing", {}).get("wall_seconds"), "run_id": r.run_id}
         for name, (key, summary_key) in _FIGURES.items():
-            row.update(_with_ci(name, *_figure(per, s, key, summary_key)))
+            row.update(with_ci(name, *_figure(per, s, key, summary_key)))
         summary_other = "robust_accuracy_" + other.removeprefix("robust_correct_")
         value, ci = _figure(per, s, other, summary_other)
-        row.update(_with_ci("robust_accuracy_other", value, ci))
+        row.update(with_ci("robust_accuracy_other", value, ci))
         row["other_rejection"] = reading if value is not None else None
         rows.append(row)
     for e in errors:
@@ -97,7 +90,7 @@ def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.Da
 
 
 #: Columns of :func:`sweep_curve`.
-CURVE_COLUMNS = ["eps", "threat", *_ci_names("worst_case"), "attacks", "naive_attack", *_ci_names("naive"),
+CURVE_COLUMNS = ["eps", "threat", *ci_columns("worst_case"), "attacks", "naive_attack", *ci_columns("naive"),
                  "failed"]
 
 
@@ -113,9 +106,9 @@ def sweep_curve(board: Board, dataset: str, defense: str, norm: str) -> pd.DataF
         if tm.norm != norm or math.isinf(tm.eps):
             continue
         wc = worst_case(board, dataset, defense, t)
-        rows.append({"eps": tm.eps, "threat": t, **_with_ci("worst_case", wc.accuracy, wc.accuracy_ci),
+        rows.append({"eps": tm.eps, "threat": t, **with_ci("worst_case", wc.accuracy, wc.accuracy_ci),
                      "attacks": len(wc.attacks), "naive_attack": wc.naive,
-                     **_with_ci("naive", math.nan if wc.naive_accuracy is None else wc.naive_accuracy, wc.naive_ci),
+                     **with_ci("naive", math.nan if wc.naive_accuracy is None else wc.naive_accuracy, wc.naive_ci),
                      "failed": len(wc.failed)})
     if len(rows) > 1 and not any(row["eps"] == 0 for row in rows):
         # A sweep ran. Its ε = 0 is not attacked (no perturbation is possible): it is the
@@ -124,8 +117,8 @@ def sweep_curve(board: Board, dataset: str, defense: str, norm: str) -> pd.DataF
         scores = clean.record["per_example"]["clean_correct"]
         acc = float(sum(scores) / len(scores)) if scores else math.nan
         ci = interval(scores)
-        rows.append({"eps": 0.0, "threat": f"{norm}-0", **_with_ci("worst_case", acc, ci), "attacks": 0,
-                     "naive_attack": None, **_with_ci("naive", acc, ci), "failed": 0})
+        rows.append({"eps": 0.0, "threat": f"{norm}-0", **with_ci("worst_case", acc, ci), "attacks": 0,
+                     "naive_attack": None, **with_ci("naive", acc, ci), "failed": 0})
     return pd.DataFrame(rows, columns=CURVE_COLUMNS).sort_values("eps").reset_index(drop=True)
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from benchmark.datasets import DATASETS
+from benchmark.intervals import percent
 from benchmark.profiles import PROFILES
 from benchmark.threats import FIXED_THREATS, get_threat
 from leaderboard import aggregate as agg
@@ -112,8 +113,7 @@ def _pair(v: Any) -> tuple[float, float] | None:
 
 def ci(v: Any) -> str:
     """An interval ``(0.683, 0.988)`` → ``[68.3, 98.8]`` (percent); missing → empty."""
-    pair = _pair(v)
-    return "" if pair is None else f"[{100 * pair[0]:.1f}, {100 * pair[1]:.1f}]"
+    return percent(_pair(v))
 
 
 def ci_title(v: Any) -> str:
@@ -273,13 +273,8 @@ def _claims_context(board: agg.Board) -> dict[str, Any]:
                              "claim": _claim(board, dataset, defense, threat, build)})
             for claim in m.get("claims") or []:
                 claims.append({**base, **agg.claim_gap(board, dataset, defense, claim, measure=build is None)})
-    return {"rows": rows, "claims": claims, "naive": _naive_attacks(board), "title": "Claimed versus measured",
+    return {"rows": rows, "claims": claims, "naive": agg.naive_baselines(board), "title": "Claimed versus measured",
             **_common()}
-
-
-def _naive_attacks(board: agg.Board) -> list[str]:
-    """Registered attacks with the ``naive_baseline`` trait, in registry order."""
-    return [a for a, c in board.catalog.items() if (c.get("traits") or {}).get("naive_baseline")]
 
 
 def _methodology_context(board: agg.Board) -> dict[str, Any]:
@@ -290,7 +285,7 @@ def _methodology_context(board: agg.Board) -> dict[str, Any]:
             {"dataset": d.id, "dim": d.dim, "raw": tm.radius(d.dim), "l2": tm.l2_radius(d.dim)}
             for d in DATASETS.values()]})
     return {"threats": threats, "sweeps": {p.name: p.sweeps for p in PROFILES.values()}, "catalog": board.catalog,
-            "flag_docs": agg.flag_docs(board), "naive": _naive_attacks(board), "title": "Methodology", **_common()}
+            "flag_docs": agg.flag_docs(board), "naive": agg.naive_baselines(board), "title": "Methodology", **_common()}
 
 
 def _defense_context(board: agg.Board, dataset: str, defense: str, site: Path) -> dict[str, Any]:

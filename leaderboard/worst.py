@@ -19,11 +19,11 @@ that also ``needs_rejection`` (the rejection-blind baseline against a detector).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, NamedTuple, Sequence
 
 import pandas as pd
 
+from benchmark.flags import naive_baseline_of
 from benchmark.intervals import accuracy_interval
 from leaderboard.board import Board, Run, attack_order, attack_traits
 
@@ -33,17 +33,19 @@ Interval = tuple[float, float]
 REJECT_AS_WIN, REJECT_AS_ERROR = "robust_correct_reject_as_win", "robust_correct_reject_as_error"
 
 
-@lru_cache(maxsize=4096)
-def _cached_interval(scores: tuple[float, ...]) -> Interval | None:
-    return accuracy_interval(scores)
-
-
 def interval(scores: Sequence[float] | pd.Series | None) -> Interval | None:
     """The exact 95% interval of the mean of per-example scores (None: no examples)."""
-    if scores is None:
-        return None
-    values = tuple(float(v) for v in scores)
-    return _cached_interval(values) if values else None
+    return None if scores is None else accuracy_interval([float(v) for v in scores])
+
+
+def ci_columns(name: str) -> list[str]:
+    """A figure's column and its interval columns: ``name``, ``name_ci_low``, ``name_ci_high``."""
+    return [name, f"{name}_ci_low", f"{name}_ci_high"]
+
+
+def with_ci(name: str, value: float | None, ci: Interval | None) -> dict[str, Any]:
+    """A table row's figure and its interval under :func:`ci_columns`' names."""
+    return {name: value, f"{name}_ci_low": ci[0] if ci else None, f"{name}_ci_high": ci[1] if ci else None}
 
 
 def summary_interval(summary: dict[str, Any], key: str) -> Interval | None:
@@ -143,12 +145,15 @@ class WorstCase:
 # -- naive baseline and rejection readings -----------------------------------------------------
 
 def naive_attack(board: Board, runs: list[Run]) -> str | None:
-    """The naive baseline among some attack runs, by trait (module docstring)."""
-    traits = {r.record["attack"]["id"]: attack_traits(board, r.record) for r in runs}
-    naive = [a for a, t in traits.items() if t.get("naive_baseline")]
-    blind = [a for a in naive if traits[a].get("needs_rejection")]
-    pick = attack_order(board, blind or naive)
-    return pick[0] if pick else None
+    """The naive baseline among some attack runs, by trait
+    (:func:`benchmark.flags.naive_baseline_of`, the flags' rule), in registry order."""
+    by_id = {r.record["attack"]["id"]: r.record for r in runs}
+    return naive_baseline_of({a: attack_traits(board, by_id[a]) for a in attack_order(board, list(by_id))})
+
+
+def naive_baselines(board: Board) -> list[str]:
+    """The registered attacks with the ``naive_baseline`` trait, in registry order."""
+    return [a for a, c in board.catalog.items() if (c.get("traits") or {}).get("naive_baseline")]
 
 
 def is_blind(board: Board, record: dict[str, Any]) -> bool:
@@ -169,19 +174,10 @@ def defense_facts(board: Board, dataset: str, defense: str) -> dict[str, Any]:
 
 def abstains(board: Board, dataset: str, defense: str) -> bool | None:
     """Whether the defense's reject output is an abstention (its headline then counts a
-    rejected adversarial input as an error). From ``defense.facts.abstains``; for records
-    without that fact, inferred from which recorded reading the headline equals; None
-    when neither is known."""
+    rejected adversarial input as an error): ``defense.facts.abstains``, which every
+    record carrying both readings has (schema 2); None for older records."""
     facts = defense_facts(board, dataset, defense)
-    if "abstains" in facts:
-        return bool(facts["abstains"])
-    readings = [r.record["per_example"] for r in board.select("attack", dataset, defense)
-                if REJECT_AS_WIN in r.record["per_example"] and REJECT_AS_ERROR in r.record["per_example"]]
-    if not readings:
-        return None
-    as_error = all(p["robust_correct"] == p[REJECT_AS_ERROR] for p in readings)
-    as_win = all(p["robust_correct"] == p[REJECT_AS_WIN] for p in readings)
-    return as_error and not as_win if as_error != as_win else None
+    return bool(facts["abstains"]) if "abstains" in facts else None
 
 
 def other_key(abstaining: bool | None) -> tuple[str, str]:
