@@ -10,23 +10,16 @@ import torch
 from torch import nn
 
 from attacks.apgd import checkpoint_intervals
-from attacks.base import AttackContext
-from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
 from defenses.pipeline import Defense, Step
 from tests.linear import exact_distance, linear_problem, still_correct
-from tests.dummies import RejectLowConfidence
+from tests.dummies import RejectLowConfidence, run_attack as run
 
 
 def threat_at_median(dist: torch.Tensor, norm: str, d: int) -> ThreatModel:
     """A threat whose raw radius is the median exact distance (half the points break)."""
     raw = float(dist.median())
     return ThreatModel(norm, raw if norm == "linf" else raw / math.sqrt(d))
-
-
-def run(attack_id: str, model, x, y, threat, seed: int = 0, **params):
-    ctx = AttackContext(generator=torch.Generator().manual_seed(seed))
-    return make_attack(attack_id, **params).run(model, x, y, threat, ctx)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,11 +108,12 @@ def test_unbounded_threat_breaks_everything(norm):
     assert not still_correct(model, res.x_adv, y).any()
 
 
-def test_same_seed_same_output_and_different_seed_runs():
-    model, x, y = linear_problem(30, num_classes=3)
+@pytest.mark.parametrize("attack_id, classes", [("apgd-dlr", 3), ("apgd-t", 5)])
+def test_same_seed_same_output(attack_id, classes):
+    model, x, y = linear_problem(30, num_classes=classes)
     threat = ThreatModel("l2", 0.02)
-    a = run("apgd-dlr", model, x, y, threat, seed=3, steps=20)
-    b = run("apgd-dlr", model, x, y, threat, seed=3, steps=20)
+    a = run(attack_id, model, x, y, threat, seed=3, steps=20)
+    b = run(attack_id, model, x, y, threat, seed=3, steps=20)
     assert torch.equal(a.x_adv, b.x_adv)
     assert a.info == b.info
 

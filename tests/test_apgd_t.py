@@ -8,21 +8,15 @@ import torch
 from torch import nn
 
 from attacks.apgd import target_classes
-from attacks.base import AttackContext, defense_facts
+from attacks.base import defense_facts
 from attacks.losses import TARGETED_LOSSES
 from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
 from defenses.pipeline import Defense, Step
 from tests.linear import exact_distance, linear_problem, still_correct
-from tests.dummies import RejectLowConfidence
+from tests.dummies import RejectLowConfidence, run_attack as run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(attack_id: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-        seed: int = 0, **params):
-    ctx = AttackContext(generator=torch.Generator().manual_seed(seed))
-    return make_attack(attack_id, **params).run(model, x, y, threat, ctx)
 
 
 class DecoyLinear(nn.Module):
@@ -203,12 +197,3 @@ def test_rejecting_defense_targets_real_classes_and_breaks_are_not_rejections(mo
     assert (pred[broken] < 4).all()  # a success is a wrong real class, never "reject"
     assert broken.any()
     assert int(broken.sum()) <= int((dist <= threat.radius(x[0].numel())).sum())
-
-
-def test_same_seed_same_output():
-    model, x, y = linear_problem(30, num_classes=5)
-    threat = ThreatModel("l2", 0.02)
-    a = run("apgd-t", model, x, y, threat, seed=3, steps=20)
-    b = run("apgd-t", model, x, y, threat, seed=3, steps=20)
-    assert torch.equal(a.x_adv, b.x_adv)
-    assert a.info == b.info

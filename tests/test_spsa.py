@@ -16,13 +16,12 @@ import torch
 from torch import nn
 
 from attacks.adaptive import AdaptiveView, evaluate
-from attacks.base import AttackContext
 from attacks.registry import make_attack
 from benchmark.threats import ThreatModel
 from defenses.pipeline import Defense
 from tests.linear import exact_distance, linear_problem, still_correct
 from tests.linear_exact import exact_robustness
-from tests.dummies import OpaqueIdentity, RejectLowConfidence
+from tests.dummies import OpaqueIdentity, RejectLowConfidence, run_attack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,10 +34,8 @@ FACTS = {"randomized": False, "differentiable": True, "rejects": False, "abstain
          "zero_gradients": False, "reparameterization": False}
 
 
-def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, seed: int = 0,
-        attack_id: str = "spsa", **params):
-    ctx = AttackContext(generator=torch.Generator().manual_seed(seed))
-    return make_attack(attack_id, **params).run(model, x, y, threat, ctx)
+def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, seed: int = 0, **params):
+    return run_attack("spsa", model, x, y, threat, seed=seed, **params)
 
 
 class MaskedLinear(nn.Module):
@@ -137,7 +134,7 @@ def _suite_against_exact(model: MaskedLinear, x: torch.Tensor, y: torch.Tensor,
     without_spsa = ex.correct.clone()
     per_attack: dict[str, float] = {}
     for attack_id in GRADIENT_FREE_SUITE:
-        res = run(model, x, y, threat, seed=seed, attack_id=attack_id)
+        res = run_attack(attack_id, model, x, y, threat, seed=seed)
         threat.verify(res.x_adv, x)  # (a)
         ok = still_correct(model, res.x_adv, y)
         false_break = ~ok & ex.robust & ~ex.borderline
