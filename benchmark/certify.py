@@ -64,8 +64,7 @@ def consistency_violations(cert_per_example: Mapping[str, Sequence], robust_corr
 
     Broken means the defense predicted a wrong *class* at the attack's final point in at
     least half of its scoring draws: the survival score (label or abstain; per_example
-    ``adv_survives``, or ``robust_correct_reject_as_win`` / ``robust_correct`` in older
-    records) is at most 0.5. A certificate guarantees the smoothed classifier's class in
+    ``adv_survives``, or ``robust_correct`` in schema-1 records) is at most 0.5. A certificate guarantees the smoothed classifier's class in
     the ball, so an abstention there is PREDICT's finite-sample caution, not a violation,
     while a wrong class in most draws is (a violation that can fire on a smoothed model:
     requiring every draw to be wrong, as before, never could). When the attack's
@@ -95,7 +94,7 @@ def consistency_violations(cert_per_example: Mapping[str, Sequence], robust_corr
         broken = np.zeros(len(indices), dtype=bool)
         for attack_id, rec in robust_correct_by_attack.get(threat_id, {}).items():
             if isinstance(rec, Mapping):
-                key = next(k for k in ("adv_survives", "robust_correct_reject_as_win", "robust_correct") if k in rec)
+                key = "adv_survives" if "adv_survives" in rec else "robust_correct"
                 survived = rec[key]
             else:
                 survived = rec

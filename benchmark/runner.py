@@ -171,6 +171,13 @@ class SubmissionRun:
                 self.defense.zero_gradients = True
         return self._gradients
 
+    def facts(self) -> dict[str, bool]:
+        """:func:`attacks.base.defense_facts`, with the observed-gradients fact measured
+        first, so that every record of the submission (attack, certify, flags) carries the
+        same facts whichever job a worker runs first."""
+        self.gradients  # noqa: B018 - measures and sets zero_gradients on first use
+        return defense_facts(self.defense)
+
     # -- common record fields ----------------------------------------------------------
 
     def defense_info(self) -> dict[str, Any]:
@@ -178,7 +185,7 @@ class SubmissionRun:
         return {"id": m.id, "name": m.name, "manifest_sha256": self.sub.manifest_sha256,
                 "weights_sha256": self.weights_sha, "randomized": bool(self.defense.randomized),
                 "rejects": bool(getattr(self.defense, "rejects", False)),
-                "facts": defense_facts(self.defense)}
+                "facts": self.facts()}
 
     def dataset_info(self) -> dict[str, Any]:
         return {"id": self.dataset.id, "n": len(self.indices), "indices": list(self.indices)}
@@ -211,8 +218,7 @@ class SubmissionRun:
         """Run one attack at one threat (or reuse its result) and return the record."""
         override = self.overrides.get(attack_id)
         attack = make_attack(attack_id, **(override.params if override else {}))
-        self.gradients  # noqa: B018 - sets the observed zero_gradients fact before applicability
-        if not attack.applies_to(self.defense):
+        if attack.not_applicable(self.facts()) is not None:
             return None
         run_id = rf.attack_run_id(self.dataset.id, self.sub.id, threat.id, attack_id)
         config = {**self.base_config("attack"), "attack": attack.describe(), "threat": threat.id}
