@@ -150,6 +150,15 @@ class Evaluation:
 CPU_ROWS_PER_PASS: int | None = 128
 
 
+#: Fewest rows (examples × draws) a CPU pass holds: below 4 rows oneDNN and the BLAS take
+#: other kernels, whose float rounding differs from the batched ones (SmallCNN logits and
+#: gradients differ in the last bits at 1–3 rows, and are bit-equal from 4 rows on), so
+#: :func:`evaluate` pads a smaller batch with copies of its first row. With it an
+#: example's values do not depend on how many examples share its pass, which the
+#: cascade's exactness needs (an attack's last few robust examples form small batches).
+MIN_ROWS_PER_PASS = 4
+
+
 def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
              grad: bool = True, target: torch.Tensor | None = None) -> Evaluation:
     """Loss, margin and (optionally) input gradient of the view at ``x``.
@@ -179,6 +188,15 @@ def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "
                                               else "takes no target"))
     rows = CPU_ROWS_PER_PASS
     per_pass = len(x) if rows is None else max(1, rows // getattr(view, "eot", 1))
+    short = MIN_ROWS_PER_PASS - len(x) * getattr(view, "eot", 1)
+    if x.device.type == "cpu" and len(x) and short > 0:
+        # Below MIN_ROWS_PER_PASS rows the CPU kernels round differently: pad with copies
+        # of the first row, so an example's values do not depend on how many share its pass.
+        pad = torch.cat([torch.arange(len(x)), torch.zeros(short, dtype=torch.long)]).to(x.device)
+        full = _evaluate(view, x[pad], y[pad], loss, grad, None if target is None else target[pad])
+        n = len(x)
+        return Evaluation(loss=full.loss[:n], grad=full.grad[:n] if grad else None,
+                          margin=full.margin[:n], logits=full.logits[:n])
     if x.device.type != "cpu" or len(x) <= per_pass:
         return _evaluate(view, x, y, loss, grad, target)
     targets = target.split(per_pass) if target is not None else [None] * len(y.split(per_pass))

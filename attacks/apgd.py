@@ -55,18 +55,20 @@ from torch import nn
 from attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
 from attacks.losses import TARGETED_LOSSES
+from benchmark import streams
+from benchmark.streams import Draws
 from benchmark.threats import ThreatModel
 
 
 def _sphere_start(x: torch.Tensor, threat: ThreatModel, radius: float,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: Draws) -> torch.Tensor:
     """The reference's starting point: a random point on the norm sphere of ``radius``."""
     shape = (-1, *([1] * (x.dim() - 1)))
     if threat.norm == "linf":
-        t = 2 * torch.rand(x.shape, generator=generator, device="cpu") - 1
+        t = 2 * streams.rand(generator, x.shape) - 1
         t = t / (t.reshape(len(x), -1).abs().amax(1).view(shape) + 1e-12)
     else:
-        t = torch.randn(x.shape, generator=generator, device="cpu")
+        t = streams.randn(generator, x.shape)
         t = t / (t.reshape(len(x), -1).norm(dim=1).view(shape) + 1e-12)
     return threat.project(x + radius * t.to(x), x)
 
@@ -111,7 +113,7 @@ def target_classes(logits: torch.Tensor, y: torch.Tensor, count: int) -> torch.T
 def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
          steps: int = 100, restarts: int = 1, loss: str = "ce", rho: float = 0.75,
          momentum: float = 0.75, initial_step: float = 2.0, n_target_classes: int = 9,
-         generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+         generator: Draws) -> tuple[torch.Tensor, dict]:
     """Run APGD on ``view`` and return the lowest-margin point per example.
 
     With a targeted loss (a key of :data:`attacks.losses.TARGETED_LOSSES`) the runs
@@ -130,7 +132,8 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
         momentum: α of the momentum update.
         initial_step: η⁽⁰⁾ as a multiple of the raw radius.
         n_target_classes: targets of a targeted loss (capped at C − 1); ignored otherwise.
-        generator: the seeded CPU generator for starting points.
+        generator: the starting points' draws: per-example streams (one row per example of
+            ``x``: :class:`benchmark.streams.RowStreams`) or a seeded CPU generator.
 
     Returns:
         (x_best, info): info holds ``zero_grad_fraction`` (share of attacked examples
@@ -179,7 +182,7 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
             attacked = True
             x0, y0 = x[active], y[active]
             t0 = None if column is None else targets[active, column]
-            xa = _sphere_start(x0, threat, radius, generator)
+            xa = _sphere_start(x0, threat, radius, streams.rows(generator, active))
             ev = evaluate(view, xa, y0, loss, target=t0)
             best.update(xa, ev.margin, active)
             grad = torch.nan_to_num(ev.grad, nan=0.0, posinf=0.0, neginf=0.0)
@@ -277,6 +280,10 @@ class APGDCE(Attack):
                            rho=p.rho, momentum=p.momentum, initial_step=p.initial_step,
                            generator=ctx.generator, **self.loss_options())
         return AttackResult(x_adv, info)
+
+    def budget(self) -> float:
+        p = self.params
+        return float(p.steps * p.restarts * p.eot * getattr(p, "n_target_classes", 1))
 
     def loss_options(self) -> dict[str, Any]:
         """Further keyword arguments of :func:`apgd` for this variant's loss."""

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from benchmark.streams import RowStreams
 from benchmark.threats import ThreatModel
 
 
@@ -22,11 +23,14 @@ class AttackContext:
     """What the runner hands an attack besides the examples.
 
     Attributes:
-        generator: the seeded CPU generator every random draw of the attack uses.
+        generator: where every random draw of the attack comes from: per-example streams
+            with one row per example of the batch (:class:`benchmark.streams.RowStreams`,
+            what the runner passes: an example draws the same whichever batch or cascade
+            stage it is attacked in), or a seeded CPU generator (one stream per batch).
         surrogate: an undefended model of the same dataset (for ``transfer``), or None.
     """
 
-    generator: torch.Generator
+    generator: RowStreams | torch.Generator
     surrogate: nn.Module | None = None
 
 
@@ -105,6 +109,11 @@ class Attack:
     def describe(self) -> dict[str, Any]:
         """JSON-ready id and parameters."""
         return {"id": self.id, "params": dataclasses.asdict(self.params)}
+
+    def budget(self) -> float:
+        """Nominal queries per example (gradient or forward passes, times EOT draws) at
+        these parameters: orders the cascade, cheap attacks first (:mod:`benchmark.cascade`)."""
+        return 1.0
 
     def applies_to(self, defense: nn.Module) -> bool:
         """Whether this attack runs against ``defense`` at all (read from its declarations;

@@ -24,12 +24,14 @@ from torch import nn
 
 from attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from benchmark import streams
+from benchmark.streams import Draws
 from benchmark.threats import ThreatModel
 
 
 def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
         steps: int, step_size: float, restarts: int, random_start: bool, loss: str,
-        generator: torch.Generator, early_stop: bool = True) -> tuple[torch.Tensor, dict]:
+        generator: Draws, early_stop: bool = True) -> tuple[torch.Tensor, dict]:
     """Run PGD on ``view`` and return the best point per example and diagnostics.
 
     Args:
@@ -65,7 +67,7 @@ def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
         if len(active) == 0:
             break
         x0, y0 = x[active], y[active]
-        xa = threat.random_start(x0, generator) if random_start else x0.clone()
+        xa = threat.random_start(x0, streams.rows(generator, active)) if random_start else x0.clone()
         box = _linf_box(threat, x0)
         for _ in range(steps):
             ev = evaluate(view, xa, y0, loss)
@@ -146,6 +148,10 @@ class PGD(Attack):
     def view(self, defense: nn.Module) -> AdaptiveView:
         """The view of the defense this variant attacks through."""
         return AdaptiveView(defense, bpda=self.bpda, eot=self.params.eot)
+
+    def budget(self) -> float:
+        p = self.params
+        return float(p.steps * p.restarts * p.eot)
 
     def run(self, defense, x, y, threat, ctx: AttackContext) -> AttackResult:
         p = self.params

@@ -21,12 +21,14 @@ from torch import nn
 
 from attacks.adaptive import AdaptiveView, BestTracker, evaluate
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from benchmark import streams
+from benchmark.streams import Draws
 from benchmark.threats import ThreatModel
 
 
 def random_search(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                   samples: int = 100, chunk: int = 10,
-                  generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+                  generator: Draws) -> tuple[torch.Tensor, dict]:
     """The lowest-margin of ``samples`` uniform points in the ball, per example.
 
     Args:
@@ -36,7 +38,8 @@ def random_search(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
         threat: the threat model.
         samples: points drawn per example.
         chunk: samples per example evaluated in one batched forward pass.
-        generator: the seeded CPU generator.
+        generator: per-example streams (:class:`benchmark.streams.RowStreams`) or a
+            seeded CPU generator.
 
     Returns:
         (x_best, info) with ``samples`` and ``broken_fraction`` (share of examples with a
@@ -47,19 +50,24 @@ def random_search(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
     """
     if samples < 1 or chunk < 1:
         raise ValueError(f"samples and chunk must be >= 1, got {samples} and {chunk}")
-    n = len(x)
     view = AdaptiveView(defense, bpda=False, eot=1)
     best = BestTracker(x)
+    # A deterministic defense's broken example stays broken: it draws no more samples.
+    drop = not bool(getattr(defense, "randomized", False))
+    active = torch.arange(len(x), device=x.device)
     done = 0
-    while done < samples:
-        k = min(chunk, samples - done)
-        xk = x.repeat(k, *([1] * (x.dim() - 1)))  # row j·n + i is example i
-        cand = threat.project(xk + threat.uniform_delta(xk, generator), xk)
-        m = evaluate(view, cand, y.repeat(k), "margin", grad=False).margin.view(k, n)
+    while done < samples and len(active):
+        k, n = min(chunk, samples - done), len(active)
+        xa = x[active]
+        xk = xa.repeat(k, *([1] * (x.dim() - 1)))  # row j·n + i is example i
+        draws = streams.fork(streams.rows(generator, active), k)
+        cand = threat.project(xk + threat.uniform_delta(xk, draws), xk)
+        m = evaluate(view, cand, y[active].repeat(k), "margin", grad=False).margin.view(k, n)
         m_best, j = m.min(0)
-        rows = j * n + torch.arange(n, device=x.device)
-        best.update(cand[rows], m_best)
+        best.update(cand[j * n + torch.arange(n, device=x.device)], m_best, active)
         done += k
+        if drop:
+            active = active[best.margin[active] >= 0]
     return best.x, {"samples": samples, "broken_fraction": float((best.margin < 0).float().mean())}
 
 
@@ -80,6 +88,9 @@ class RandomSearch(Attack):
         samples: int = 100
         #: Samples per example evaluated in one batched forward pass.
         chunk: int = 10
+
+    def budget(self) -> float:
+        return float(self.params.samples)
 
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
             threat: ThreatModel, ctx: AttackContext) -> AttackResult:

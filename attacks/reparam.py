@@ -93,6 +93,9 @@ class Reparam(Attack):
         #: Score the projected candidate on the true defense every this many steps.
         eval_every: int = 10
 
+    def budget(self) -> float:
+        return float(self.params.steps)
+
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
             threat: ThreatModel, ctx: AttackContext) -> AttackResult:
         """Optimize the latent code; return the best projected candidate per example.

@@ -76,6 +76,8 @@ from torch import nn
 
 from attacks.adaptive import AdaptiveView, BestTracker, evaluate
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from benchmark import streams
+from benchmark.streams import Draws, RowStreams
 from benchmark.threats import ThreatModel
 
 #: Adam's moment decay rates (Kingma & Ba 2015; cleverhans ``TensorAdam``).
@@ -91,14 +93,17 @@ L2_LR_REFERENCE_EPS = 0.031
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
-def _rademacher(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
-    """A (rows, cols) matrix of ±1, each sign with probability 1/2, from the CPU generator.
+def _rademacher(rows: int, cols: int, generator: Draws) -> torch.Tensor:
+    """A (rows, cols) matrix of ±1, each sign with probability 1/2: from each example's
+    own stream (:func:`benchmark.streams.signs`), or from a CPU generator.
 
     The bits of uniform random bytes are independent fair coins; unpacking them costs a
     quarter of a per-entry Bernoulli draw (which dominated the attack's time on small
     models: 128·d signs per example and step). Each row starts on a fresh byte, so the
     signs an example receives do not depend on how examples are grouped into batches.
     """
+    if isinstance(generator, RowStreams):
+        return streams.signs(generator, (rows, cols))
     width = (cols + 7) // 8
     raw = torch.randint(0, 256, (rows, width), generator=generator, dtype=torch.uint8)
     bits = (raw.unsqueeze(-1) >> _SHIFTS) & 1
@@ -106,7 +111,7 @@ def _rademacher(rows: int, cols: int, generator: torch.Generator) -> torch.Tenso
 
 
 def spsa_gradient(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, *, pairs: int,
-                  delta: float, max_rows: int, generator: torch.Generator) -> torch.Tensor:
+                  delta: float, max_rows: int, generator: Draws) -> torch.Tensor:
     """The SPSA estimate of ∂margin/∂x at each row of ``x`` (Spall 1992; Uesato et al. 2018).
 
     Args:
@@ -116,7 +121,7 @@ def spsa_gradient(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, *, pairs
         pairs: Rademacher directions per example; 2·pairs forward rows each.
         delta: probe size δ per input value.
         max_rows: rows built and evaluated per batch (memory); pairs are never split.
-        generator: the seeded CPU generator.
+        generator: per-example streams (one row per row of ``x``) or a CPU generator.
 
     Returns:
         (N, ...) gradient estimates of the (rejection-folded) margin.
@@ -127,7 +132,7 @@ def spsa_gradient(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, *, pairs
     for s in range(0, n, per_batch):
         xs, ys = x[s:s + per_batch], y[s:s + per_batch]
         e = len(xs)
-        dv = _rademacher(e, pairs * math.prod(shape), generator)  # one row per example
+        dv = _rademacher(e, pairs * math.prod(shape), streams.rows(generator, range(s, s + e)))  # one row per example
         dv = dv.view(e, pairs, *shape).to(x).mul_(delta)  # δ·v
         # rows (example, pair, ±) interleaved: x + δv and x − δv of a pair are adjacent, so
         # the evaluator's passes (an even number of rows) always hold both points of a pair
@@ -148,7 +153,7 @@ def spsa_gradient(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, *, pairs
 def spsa(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
          iterations: int = 80, samples: int = 128, delta: float = 0.01,
          learning_rate: float = 0.01, max_rows: int = 4096,
-         generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+         generator: Draws) -> tuple[torch.Tensor, dict]:
     """Run SPSA with Adam and return the lowest-margin point found per example.
 
     Args:
@@ -162,7 +167,8 @@ def spsa(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
         learning_rate: Adam step size per input value at the reference ℓ∞ radius (the ℓ2
             rate is rescaled, see the module docstring).
         max_rows: rows built and evaluated at once (memory bound of one batch).
-        generator: the seeded CPU generator for every random draw.
+        generator: every random draw's source: per-example streams (one row per example:
+            :class:`benchmark.streams.RowStreams`) or a seeded CPU generator.
 
     Returns:
         (x_best, info): ``info["queries"]`` per example (forward rows, the starting point
@@ -209,7 +215,7 @@ def spsa(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
                 break
             run = t
             g = spsa_gradient(view, cur[active], y[active], pairs=samples // 2, delta=delta,
-                              max_rows=max_rows, generator=generator)
+                              max_rows=max_rows, generator=streams.rows(generator, active))
             flat += int((g.reshape(len(g), -1).abs().amax(1) == 0).sum())
             estimates += len(g)
             # Adam (Kingma & Ba 2015, Alg. 1) descending the margin; every active example
@@ -260,6 +266,9 @@ class SPSA(Attack):
         learning_rate: float = 0.01
         #: Rows built and evaluated at once (memory only: the random draws do not depend on it).
         max_rows: int = 4096
+
+    def budget(self) -> float:
+        return float(self.params.iterations * self.params.samples)
 
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
             threat: ThreatModel, ctx: AttackContext) -> AttackResult:

@@ -38,6 +38,8 @@ from torch import nn
 
 from attacks.adaptive import AdaptiveView, BestTracker, evaluate
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from benchmark import streams
+from benchmark.streams import Draws
 from benchmark.threats import ThreatModel
 
 #: Rescaled iterations after which p halves (reference ``p_selection``).
@@ -94,21 +96,21 @@ def eta_pattern(s: int) -> torch.Tensor:
     return out / out.norm().clamp_min(1e-12)
 
 
-def _etas(s: int, n: int, generator: torch.Generator) -> torch.Tensor:
+def _etas(s: int, n: int, generator: Draws) -> torch.Tensor:
     """n copies of η(s), each transposed with probability 1/2: shape (n, s, s)."""
     e = eta_pattern(s)
-    flip = torch.rand(n, generator=generator) > 0.5
+    flip = streams.rand(generator, (n, 1)).view(-1) > 0.5
     return torch.where(flip.view(-1, 1, 1), e.t().expand(n, s, s), e.expand(n, s, s))
 
 
-def _signs(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+def _signs(shape: tuple[int, ...], generator: Draws) -> torch.Tensor:
+    return streams.randint(generator, 0, 2, shape).float() * 2 - 1
 
 
-def _window_index(n: int, h: int, w: int, s: int, generator: torch.Generator, device):
+def _window_index(n: int, h: int, w: int, s: int, generator: Draws, device):
     """Row and column indices (n, s) of one random s×s window per example."""
-    vh = torch.randint(0, h - s + 1, (n,), generator=generator)
-    vw = torch.randint(0, w - s + 1, (n,), generator=generator)
+    vh = streams.randint(generator, 0, h - s + 1, (n, 1)).view(-1)
+    vw = streams.randint(generator, 0, w - s + 1, (n, 1)).view(-1)
     ar = torch.arange(s)
     return (vh.view(-1, 1) + ar).to(device), (vw.view(-1, 1) + ar).to(device)
 
@@ -117,12 +119,12 @@ def _l2(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(len(t), -1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def _linf_init(x: torch.Tensor, r: float, generator: torch.Generator) -> torch.Tensor:
+def _linf_init(x: torch.Tensor, r: float, generator: Draws) -> torch.Tensor:
     n, c, _, w = x.shape
     return x + r * _signs((n, c, 1, w), generator).to(x)
 
 
-def _l2_init(x: torch.Tensor, r: float, generator: torch.Generator) -> torch.Tensor:
+def _l2_init(x: torch.Tensor, r: float, generator: Draws) -> torch.Tensor:
     n, c, h, w = x.shape
     s = max(h // 5, 1)
     delta = torch.zeros(n, c, h, w)
@@ -134,7 +136,7 @@ def _l2_init(x: torch.Tensor, r: float, generator: torch.Generator) -> torch.Ten
     return x + r * delta / (_l2(delta) + 1e-12)
 
 
-def _linf_proposal(xb: torch.Tensor, r: float, s: int, generator: torch.Generator) -> torch.Tensor:
+def _linf_proposal(xb: torch.Tensor, r: float, s: int, generator: Draws) -> torch.Tensor:
     n, c, h, w = xb.shape
     rows, cols = _window_index(n, h, w, s, generator, xb.device)
     mask = torch.zeros(n, h, w, device=xb.device, dtype=torch.bool)
@@ -144,7 +146,7 @@ def _linf_proposal(xb: torch.Tensor, r: float, s: int, generator: torch.Generato
 
 
 def _l2_proposal(xb: torch.Tensor, x0: torch.Tensor, r: float, s: int,
-                 generator: torch.Generator) -> torch.Tensor:
+                 generator: Draws) -> torch.Tensor:
     """The reference's ℓ2 update: window 1 receives η plus its old content, window 2 is
     emptied, and the freed budget (ε² − ‖δ‖²)/C plus both windows' mass goes to window 1."""
     n, c, h, w = xb.shape
@@ -173,7 +175,7 @@ def _l2_proposal(xb: torch.Tensor, x0: torch.Tensor, r: float, s: int,
 
 def square(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
            n_queries: int = 5000, p_init: float = 0.8,
-           generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+           generator: Draws) -> tuple[torch.Tensor, dict]:
     """Run the Square Attack and return the lowest-margin point found per example.
 
     Args:
@@ -183,7 +185,8 @@ def square(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         threat: ℓ∞ or ℓ2 threat model.
         n_queries: forward passes per example, the starting point included.
         p_init: initial fraction of pixels a square covers.
-        generator: the seeded CPU generator for every random draw.
+        generator: every random draw's source: per-example streams (one row per example:
+            :class:`benchmark.streams.RowStreams`) or a seeded CPU generator.
 
     Returns:
         (x_best, info): ``info["queries"]`` per example (int list), their mean and median,
@@ -217,11 +220,11 @@ def square(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
             x0, xb = x[active], best.x[active]
             if threat.norm == "linf":
                 s = min(max(int(round(math.sqrt(p * d / c))), 1), h, w)
-                cand = _linf_proposal(xb, r, s, generator)
+                cand = _linf_proposal(xb, r, s, streams.rows(generator, active))
             else:
                 s = max(int(round(math.sqrt(p * d / c))), 3)
                 s = min(s + (s % 2 == 0), h, w)
-                cand = _l2_proposal(xb, x0, r, s, generator)
+                cand = _l2_proposal(xb, x0, r, s, streams.rows(generator, active))
             cand = threat.project(cand, x0)
             best.update(cand, evaluate(view, cand, y[active], "margin", grad=False).margin, active)
             queries[active] += 1
@@ -252,6 +255,9 @@ class Square(Attack):
         n_queries: int = 5000
         #: Initial fraction of pixels covered by a square (halved on the schedule).
         p_init: float = 0.8
+
+    def budget(self) -> float:
+        return float(self.params.n_queries)
 
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
             threat: ThreatModel, ctx: AttackContext) -> AttackResult:

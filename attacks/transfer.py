@@ -44,6 +44,9 @@ class Transfer(Attack):
         #: Loss maximized on the surrogate: "ce", "margin" or "dlr".
         loss: str = "ce"
 
+    def budget(self) -> float:
+        return float(self.params.steps * self.params.restarts)
+
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
             threat: ThreatModel, ctx: AttackContext) -> AttackResult:
         """Attack the surrogate, replay on ``defense``.

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=100, help="examples per attack batch (default 100)")
     r.add_argument("--no-sweep", action="store_true", help="skip the accuracy-versus-ε sweeps")
     r.add_argument("--no-certify", action="store_true", help="skip certification")
+    r.add_argument("--no-cascade", action="store_true",
+                   help="run every attack on every example (default: after the baselines, each attack "
+                        "only on the examples still robust; same per-example worst case, less work)")
     r.add_argument("--no-site", action="store_true", help="do not build the leaderboard")
     r.add_argument("--no-isolation", action="store_true",
                    help="run jobs in this process (debugging; no time or memory limits)")
@@ -208,7 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                         seed=args.seed, results_dir=args.results, data_dir=args.data_dir,
                         batch_size=args.batch_size, download=args.download, sweep=False if args.no_sweep else None,
                         certify=not args.no_certify, isolate=not args.no_isolation,
-                        job_timeout_s=args.job_timeout, job_memory_mb=args.job_memory, workers=args.workers)
+                        job_timeout_s=args.job_timeout, job_memory_mb=args.job_memory, workers=args.workers,
+                        cascade=not args.no_cascade)
         summary = run(cfg, progress=not args.quiet)
     except ManifestError as e:
         return _bad(e.problems)

@@ -79,7 +79,8 @@ FLAG_DOCS: dict[str, str] = {
     "adaptive-beats-naive":
         "An adaptive attack (BPDA, EOT, reparameterization, or APGD on the full adaptive view) breaks "
         "examples that the naive baseline (PGD on raw gradients; against a detector, PGD blind to the "
-        "reject option) did not, and lowers accuracy by at least 5 points: the raw gradients mislead, "
+        "reject option) did not, and the worst case over the naive baseline and the adaptive attacks lies at least "
+        "5 points below the naive accuracy: the raw gradients mislead, "
         "the central symptom of Athalye et al. (2018).",
     "stochastic-gradients":
         "The defense is randomized and two draws of its input gradient at the same points point in "
@@ -109,8 +110,16 @@ def broken(record: dict[str, Any]) -> np.ndarray:
     """Per-example boolean: clean-correct and broken by this attack."""
     pe = record["per_example"]
     clean = np.asarray(pe["clean_correct"], dtype=float)
-    robust = np.asarray(pe["robust_correct"], dtype=float)
+    robust = np.asarray(pe["robust_correct"], dtype=float)  # null (not attacked) → NaN: not broken
     return (clean > 0.5) & (robust <= 0.5)
+
+
+def worst_case_accuracy(records: list[dict[str, Any]]) -> float:
+    """Mean over examples of the minimum ``robust_correct`` over ``records`` (null scores,
+    examples an attack did not run on under the cascade, are skipped)."""
+    rows = np.asarray([r["per_example"]["robust_correct"] for r in records], dtype=float)
+    low = np.where(np.isnan(rows), np.inf, rows).min(axis=0)
+    return float(np.where(np.isinf(low), 0.0, low).mean())
 
 
 def _union(records: dict[str, dict], ids: tuple[str, ...], n: int) -> np.ndarray:
@@ -180,7 +189,9 @@ def compute_flags(attacks: dict[str, dict], *, unbounded: dict | None = None,
     if naive is not None and adaptive:
         extra = int((_union(attacks, adaptive, n) & ~broken(attacks[naive])).sum())
         naive_acc = float(attacks[naive]["summary"]["robust_accuracy"])
-        best = min(float(attacks[a]["summary"]["robust_accuracy"]) for a in adaptive)
+        # the worst case of naive + adaptive, not the best single adaptive attack: under the
+        # cascade an adaptive attack runs only where the attacks before it failed
+        best = worst_case_accuracy([attacks[a] for a in (naive, *adaptive)])
         flags.append(_flag("adaptive-beats-naive", extra >= need and naive_acc - best >= ADAPTIVE_GAP,
                            examples=extra, threshold=need, naive_attack=naive, naive_accuracy=naive_acc,
                            adaptive_accuracy=best, min_gap=ADAPTIVE_GAP, n=n))

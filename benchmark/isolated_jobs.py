@@ -80,8 +80,10 @@ def prepare_submission(cfg: RunConfig, sub_id: str) -> dict[str, Any]:
             "randomness": dict(run.randomness)}
 
 
-def isolated_attack_job(cfg: RunConfig, sub_id: str, attack_id: str, threat_id: str) -> dict[str, Any]:
-    """One (defense, attack, threat) job: :meth:`SubmissionRun.attack_job` in the worker.
+def isolated_attack_job(cfg: RunConfig, sub_id: str, attack_id: str, threat_id: str,
+                        candidates: list[bool] | None = None) -> dict[str, Any]:
+    """One (defense, attack, threat) job: :meth:`SubmissionRun.attack_job` in the worker
+    (``candidates``: the examples the cascade hands to the attack; None: all).
 
     Returns:
         ``{run_id, status, summary}``; status is ``written``, ``reused`` (same config hash
@@ -94,7 +96,7 @@ def isolated_attack_job(cfg: RunConfig, sub_id: str, attack_id: str, threat_id: 
     run = submission_run(cfg, sub_id)
     threat = get_threat(threat_id)
     summary = RunSummary()
-    record = run.attack_job(attack_id, threat, summary)
+    record = run.attack_job(attack_id, threat, summary, candidates)
     return _summary(rf.attack_run_id(run.dataset.id, sub_id, threat.id, attack_id), summary, record)
 
 

@@ -37,6 +37,7 @@ from attacks.adaptive import observed_gradients
 from attacks.base import AttackContext, defense_facts
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
+from benchmark.cascade import order, pruning_records, still_robust
 from benchmark.code_hash import code_hash, submission_files_hash
 from benchmark.datasets import get_dataset, unavailable
 from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
@@ -45,6 +46,7 @@ from benchmark.profiles import Profile, get_profile
 from benchmark.registry import Submission, build_defense, manifest_paths, validate
 from benchmark.scheduling import cost_rank, job_runner, run_threads, worker_plan
 from benchmark.scoring import Scores, declared_randomness_check, score
+from benchmark.streams import RowStreams
 from benchmark.threats import FIXED_THREATS, ThreatModel, get_threat, sweep_threats
 
 
@@ -89,6 +91,9 @@ class RunConfig:
     #: Submissions attacked at once, each in its own worker (None: one per CPU core on
     #: CPU with isolation, else 1). Results do not depend on it: every job seeds itself.
     workers: int | None = None
+    #: Run each attack after the baselines only on the examples still robust
+    #: (:mod:`benchmark.cascade`); False: every attack on every example.
+    cascade: bool = True
 
 
 @dataclass
@@ -214,14 +219,24 @@ class SubmissionRun:
 
     # -- attack jobs -------------------------------------------------------------------
 
-    def attack_job(self, attack_id: str, threat: ThreatModel, summary: RunSummary) -> dict | None:
-        """Run one attack at one threat (or reuse its result) and return the record."""
+    def attack_job(self, attack_id: str, threat: ThreatModel, summary: RunSummary,
+                   candidates: list[bool] | None = None) -> dict | None:
+        """Run one attack at one threat (or reuse its result) and return the record.
+
+        ``candidates``: per example, whether the cascade hands it to this attack (False:
+        an earlier attack broke it, :mod:`benchmark.cascade`); None: every example. Only
+        clean-correct candidates are attacked.
+        """
         override = self.overrides.get(attack_id)
         attack = make_attack(attack_id, **(override.params if override else {}))
         if attack.not_applicable(self.facts()) is not None:
             return None
         run_id = rf.attack_run_id(self.dataset.id, self.sub.id, threat.id, attack_id)
         config = {**self.base_config("attack"), "attack": attack.describe(), "threat": threat.id}
+        if candidates is not None:
+            if len(candidates) != len(self.indices):
+                raise ValueError(f"{run_id}: {len(candidates)} cascade flags for {len(self.indices)} examples")
+            config["cascade"] = [bool(c) for c in candidates]
         path = rf.result_path(self.cfg.results_dir, run_id)
         if rf.existing_hash(self.cfg.results_dir, run_id) == rf.config_hash(config):
             summary.skipped.append(run_id)
@@ -232,13 +247,19 @@ class SubmissionRun:
         # and whether this worker had built it already must not change the draws below.
         surrogate = self._surrogate() if attack_id == "transfer" else None
         torch.manual_seed(seed)
-        ctx = AttackContext(torch.Generator().manual_seed(seed), surrogate)
+        # Every example draws from its own stream (keyed by its dataset index), so what the
+        # attack does to it depends neither on its batch nor on the cascade's pruning.
+        draws = RowStreams(seed, self.indices)
+        skipped = torch.zeros(len(self.indices), dtype=torch.bool, device=self.x.device)
+        if candidates is not None:
+            skipped = (self.clean.correct > 0) & ~torch.tensor(candidates, device=self.x.device)
         x_adv = self.x.clone()
-        todo = torch.nonzero(self.clean.correct > 0).flatten()
+        todo = torch.nonzero((self.clean.correct > 0) & ~skipped).flatten()
         infos: list[tuple[int, dict]] = []
         for start_i in range(0, len(todo), self.cfg.batch_size):
             rows = todo[start_i:start_i + self.cfg.batch_size]
             xb, yb = self.x[rows], self.y[rows]
+            ctx = AttackContext(draws.rows(rows.cpu()), surrogate)
             res = attack.run(self.defense, xb, yb, threat, ctx)
             threat.verify(res.x_adv, xb)  # the runner verifies, not the attack
             x_adv[rows] = res.x_adv.detach()
@@ -257,28 +278,38 @@ class SubmissionRun:
         norms = threat.distance(x_adv.double(), self.x.double())
         n = len(self.indices)
         record = self.envelope("attack", run_id, config, time.perf_counter() - start)
+        # An example the cascade skipped has no score of this attack (null); its figures
+        # over all examples count it as broken, which it was, by an earlier attack.
+        keep = ~skipped
         per_example = {
             "clean_correct": _floats(self.clean.correct),
-            "robust_correct": _floats(robust),
-            "robust_correct_worst": [int(v) for v in robust_worst.tolist()],
-            "adv_correct": _floats(adv.correct),
-            "adv_survives": _floats(adv.survives),
-            "perturbation_norm": _floats(norms),
+            "attacked": [bool(v) for v in ((self.clean.correct > 0) & keep).tolist()],
+            "robust_correct": _floats(robust, keep),
+            "robust_correct_worst": _floats(robust_worst, keep, int),
+            "adv_correct": _floats(adv.correct, keep),
+            "adv_survives": _floats(adv.survives, keep),
+            "perturbation_norm": _floats(norms, keep),
             "clean_rejected": _floats(self.clean.rejected),
-            "adv_rejected": _floats(adv.rejected),
+            "adv_rejected": _floats(adv.rejected, keep),
         }
-        totals: dict[str, Any] = {"n": n, "interval": {"level": LEVEL, "method": METHOD}}
-        figures = {"clean_accuracy": self.clean.correct, "robust_accuracy": robust,
-                   "robust_accuracy_worst_of_draws": robust_worst,
-                   "clean_rejection_rate": self.clean.rejected, "adv_rejection_rate": adv.rejected}
+        attacked = torch.tensor(per_example["attacked"], device=robust.device)
+        totals: dict[str, Any] = {"n": n, "interval": {"level": LEVEL, "method": METHOD},
+                                  "attacked": int(attacked.sum()), "skipped_by_cascade": int(skipped.sum())}
+        figures = {"clean_accuracy": self.clean.correct, "robust_accuracy": robust * keep,
+                   "robust_accuracy_worst_of_draws": robust_worst * keep,
+                   "clean_rejection_rate": self.clean.rejected, "adv_rejection_rate": adv.rejected[keep],
+                   # "broken among those still robust": the attack's own figure in a cascade
+                   "robust_among_attacked": robust[attacked]}
         if rejects:
-            per_example["robust_correct_reject_as_win"] = _floats(as_win)
-            per_example["robust_correct_reject_as_error"] = _floats(as_error)
-            figures["robust_accuracy_reject_as_win"] = as_win
-            figures["robust_accuracy_reject_as_error"] = as_error
+            per_example["robust_correct_reject_as_win"] = _floats(as_win, keep)
+            per_example["robust_correct_reject_as_error"] = _floats(as_error, keep)
+            figures["robust_accuracy_reject_as_win"] = as_win * keep
+            figures["robust_accuracy_reject_as_error"] = as_error * keep
         for name, values in figures.items():
             totals[name] = _mean(values)
             totals[f"{name}_ci"] = _interval(values)
+        if not totals["attacked"]:
+            totals["robust_among_attacked"] = totals["robust_among_attacked_ci"] = None
         record.update({
             "attack": {**attack.describe(), "summary": attack.summary, "traits": attack.traits(),
                        "override_reason": override.reason if override else None},
@@ -293,8 +324,11 @@ class SubmissionRun:
         return record
 
 
-def _floats(t: torch.Tensor) -> list[float]:
-    return [round(float(v), 6) for v in t.detach().cpu().tolist()]
+def _floats(t: torch.Tensor, keep: torch.Tensor | None = None, kind: type = float) -> list:
+    """Per-example values, rounded; None where ``keep`` is False."""
+    values = t.detach().cpu().tolist()
+    mask = [True] * len(values) if keep is None else keep.cpu().tolist()
+    return [(kind(round(float(v), 6)) if k else None) for v, k in zip(values, mask)]
 
 
 def _mean(t: torch.Tensor) -> float:
@@ -320,11 +354,13 @@ def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
 
 
 def worst_case(records: list[dict]) -> float:
-    """Mean over examples of the minimum robust score over the given records."""
+    """Mean over examples of the minimum robust score over the given records (a null
+    score, an example the cascade did not hand to that attack, is no score)."""
     rows = [r["per_example"]["robust_correct"] for r in records]
     if not rows:
         return math.nan
-    return float(sum(min(col) for col in zip(*rows)) / len(rows[0]))
+    cols = ([v for v in col if v is not None] for col in zip(*rows))
+    return float(sum(min(col) if col else 0.0 for col in cols) / len(rows[0]))
 
 
 def _write_manifest_facts(sub: Submission, results_dir: Path) -> None:
@@ -398,15 +434,17 @@ class Orchestrator:
         self.summary.errors.append(f"{self.sub.id}: cannot build or score the defense: {out.kind}: {out.error}")
         return False
 
-    def attack(self, attack_id: str, threat: ThreatModel, counted: bool = False) -> dict | None:
+    def attack(self, attack_id: str, threat: ThreatModel, counted: bool = False,
+               candidates: list[bool] | None = None) -> dict | None:
         """Run (or reuse) one attack job and return its record.
 
         ``counted``: the job is one of the progress bar's planned jobs; it ticks the bar
         when done, or, when the attack does not apply, leaves the bar's total.
+        ``candidates``: the examples the cascade hands to the attack (None: all).
         """
         run_id = rf.attack_run_id(self.dataset, self.sub.id, threat.id, attack_id)
         self.progress.set_postfix_str(f"{self.sub.id} {threat.id} {attack_id}")
-        value = self._call(ATTACK_JOB, (self.cfg, self.sub.id, attack_id, threat.id), "attack",
+        value = self._call(ATTACK_JOB, (self.cfg, self.sub.id, attack_id, threat.id, candidates), "attack",
                            run_id, attack_id, threat.id)
         if counted:
             if value is not None and value.get("status") == "not-applicable":
@@ -446,12 +484,23 @@ def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatM
         orch.progress.update(len(planned))
         return
     by_threat: dict[str, dict[str, dict]] = {}
+    overrides = {o.attack: o.params for o in sub.manifest.attack_overrides}
+    baselines, cascade = order([make_attack(a, **overrides.get(a, {})) for a in attacks])
     for threat in all_threats:
         recs = by_threat.setdefault(threat.id, {})
-        for a in attacks:
-            rec = orch.attack(a, threat, counted=True)
+        for a in baselines:
+            rec = orch.attack(a.id, threat, counted=True)
             if rec is not None:
-                recs[a] = rec
+                recs[a.id] = rec
+        feed = pruning_records(dict(recs))
+        for a in cascade:
+            candidates = None
+            if cfg.cascade and feed:
+                candidates = still_robust(feed[0]["per_example"]["clean_correct"], feed)
+            rec = orch.attack(a.id, threat, counted=True, candidates=candidates)
+            if rec is not None:
+                recs[a.id] = rec
+                feed.append(rec)
     unbounded = orch.attack("pgd", get_threat("linf-inf")) if "pgd" in attacks else None
     curves: dict[str, list[tuple[float, float]]] = {}
     for norm in ("linf", "l2"):

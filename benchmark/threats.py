@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark import streams
+from benchmark.streams import Draws
+
 #: Slack allowed when verifying a final adversarial example (DESIGN.md).
 VERIFY_TOL = 1e-6
 
@@ -112,22 +115,25 @@ class ThreatModel:
         n = _flat_norm(grad, "l2").clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
         return size * grad / n
 
-    def random_start(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A point drawn uniformly from the ball (then clipped to [0, 1])."""
+    def random_start(self, x: torch.Tensor, generator: Draws = None) -> torch.Tensor:
+        """A point drawn uniformly from the ball (then clipped to [0, 1]).
+
+        ``generator``: per-example streams (:class:`benchmark.streams.RowStreams`, one row
+        per example of ``x``), a ``torch.Generator``, or None (the global generator)."""
         return self.project(x + self.uniform_delta(x, generator), x)
 
-    def uniform_delta(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def uniform_delta(self, x: torch.Tensor, generator: Draws = None) -> torch.Tensor:
         """δ uniform in the ball of this threat model (ℓ2: uniform in volume)."""
         d = x[0].numel()
         r = self.radius(d)
         if math.isinf(r):
-            return torch.rand(x.shape, generator=generator, device="cpu").to(x) - x
+            return streams.rand(generator, x.shape).to(x) - x
         if self.norm == "linf":
-            u = torch.rand(x.shape, generator=generator, device="cpu").to(x)
+            u = streams.rand(generator, x.shape).to(x)
             return (2 * u - 1) * r
-        g = torch.randn(x.shape, generator=generator, device="cpu").to(x)
+        g = streams.randn(generator, x.shape).to(x)
         g = g / _flat_norm(g, "l2").clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        u = torch.rand(x.shape[0], generator=generator, device="cpu").to(x)
+        u = streams.rand(generator, (x.shape[0], 1)).view(-1).to(x)
         scale = r * u.pow(1.0 / d)
         return g * scale.view(-1, *([1] * (x.dim() - 1)))
 

@@ -162,14 +162,21 @@ def _check(path: Path, run_id: str, record: dict[str, Any]) -> None:
             if (record["threat"]["id"], record["attack"]["id"]) != (parts[2], parts[3]):
                 raise ValueError("threat.id/attack.id do not match the path")
             get_threat(record["threat"]["id"])
+            per = record["per_example"]
+            attacked = per.get("attacked")
+            if attacked is not None and (len(attacked) != n or not all(isinstance(a, bool) for a in attacked)):
+                raise ValueError(f"per_example.attacked is not {n} booleans")
             for key in ("clean_correct", "robust_correct", "robust_correct_worst", *_OPTIONAL_SCORES):
-                if key not in record["per_example"] and key in _OPTIONAL_SCORES:
+                if key not in per and key in _OPTIONAL_SCORES:
                     continue
-                if len(record["per_example"][key]) != n:
-                    raise ValueError(f"per_example.{key} has {len(record['per_example'][key])} "
-                                     f"entries for {n} indices")
-                if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in record["per_example"][key]):
-                    raise ValueError(f"per_example.{key} has a score outside [0, 1]")
+                if len(per[key]) != n:
+                    raise ValueError(f"per_example.{key} has {len(per[key])} entries for {n} indices")
+                # null: an example the cascade did not hand to the attack (never a clean score)
+                for i, v in enumerate(per[key]):
+                    if v is None and key != "clean_correct" and attacked is not None and not attacked[i]:
+                        continue
+                    if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                        raise ValueError(f"per_example.{key} has a score outside [0, 1]")
             float(record["summary"]["robust_accuracy"])
         elif kind == "flags":
             if record["threat"]["id"] != parts[2] or parts[3] != "flags":

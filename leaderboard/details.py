@@ -27,6 +27,7 @@ _FIGURES = {"robust_accuracy": ("robust_correct", "robust_accuracy"),
 #: Columns of :func:`attack_table`. ``robust_accuracy_other`` is the figure under the
 #: other reading of a rejected adversarial input (``other_rejection``: ``win`` or ``error``).
 ATTACK_COLUMNS = ["attack", "summary", "params", "override_reason", "budget_change", "naive", "blind", "n",
+                  "attacked", "skipped", *ci_columns("robust_among_attacked"),
                   *ci_columns("clean_accuracy"), *ci_columns("robust_accuracy"),
                   *ci_columns("robust_accuracy_worst_of_draws"), *ci_columns("clean_rejection_rate"),
                   *ci_columns("adv_rejection_rate"), *ci_columns("robust_accuracy_other"), "other_rejection",
@@ -36,12 +37,34 @@ ATTACK_COLUMNS = ["attack", "summary", "params", "override_reason", "budget_chan
 def _figure(per_example: dict[str, Any], summary: dict[str, Any], key: str,
             summary_key: str) -> tuple[float | None, Interval | None]:
     """A figure of one record and its interval, from the per-example array when recorded
-    (the summary's value and ``_ci`` otherwise)."""
+    (the summary's value and ``_ci`` otherwise). Null scores are examples the cascade did
+    not hand to the attack: a robust figure over all examples is then not the attack's
+    own (None; see ``robust_among_attacked``), a rejection rate is over the others."""
     scores = per_example.get(key)
+    if scores and any(v is None for v in scores):
+        if key.startswith("robust_correct"):
+            return None, None
+        scores = [v for v in scores if v is not None]
     if scores:
         return float(sum(scores) / len(scores)), interval(scores)
     value = summary.get(summary_key)
     return (None if value is None else float(value)), summary_interval(summary, f"{summary_key}_ci")
+
+
+def _cascade_figures(per: dict[str, Any]) -> dict[str, Any]:
+    """How many examples the attack ran on (``attacked``), how many the cascade skipped as
+    broken already (``skipped``), and its robust accuracy among those it ran on: "broken
+    among those still robust", the attack's own figure in a cascade."""
+    attacked = per.get("attacked")
+    robust = per.get("robust_correct") or []
+    if attacked is None:  # written before the cascade: every clean-correct example
+        clean = per.get("clean_correct") or []
+        attacked = [c > 0 for c in clean]
+    skipped = sum(1 for v in robust if v is None)
+    scores = [float(v) for v, a in zip(robust, attacked) if a and v is not None]
+    value = sum(scores) / len(scores) if scores else None
+    return {"attacked": sum(bool(a) for a in attacked), "skipped": skipped,
+            **with_ci("robust_among_attacked", value, interval(scores) if scores else None)}
 
 
 def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.DataFrame:
@@ -73,6 +96,7 @@ def attack_table(board: Board, dataset: str, defense: str, threat: str) -> pd.Da
                "wall_seconds": rec.get("timing", {}).get("wall_seconds"), "run_id": r.run_id}
         for name, (key, summary_key) in _FIGURES.items():
             row.update(with_ci(name, *_figure(per, s, key, summary_key)))
+        row.update(_cascade_figures(per))
         summary_other = "robust_accuracy_" + other.removeprefix("robust_correct_")
         value, ci = _figure(per, s, other, summary_other)
         row.update(with_ci("robust_accuracy_other", value, ci))

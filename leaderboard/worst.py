@@ -220,8 +220,11 @@ def worst_case(board: Board, dataset: str, defense: str, threat: str) -> WorstCa
     blind = naive is not None and is_blind(board, by_id[naive].record)
     if n == 0:
         return WorstCase(None, None, None, 0, order, None, None, {}, True, failed, naive=naive, naive_blind=blind)
-    per_attack = {a: float(robust[a].mean()) for a in order}
-    strongest = min(order, key=lambda a: (per_attack[a], order.index(a)))
+    # A single attack's accuracy is defined where it ran on every clean-correct example:
+    # under the cascade (null scores where it was not run) only the baselines did.
+    whole = [a for a in order if not robust[a].isna().any()] or order
+    per_attack = {a: float(robust[a].mean()) for a in whole}
+    strongest = min(whole, key=lambda a: (per_attack[a], order.index(a)))
     low = robust.min(axis=1)
     low_draws = worst.min(axis=1)
     clean_mean = clean.mean(axis=1)
@@ -231,7 +234,7 @@ def worst_case(board: Board, dataset: str, defense: str, threat: str) -> WorstCa
         n=n, attacks=order, strongest=strongest, strongest_accuracy=per_attack[strongest],
         per_attack=per_attack, uneven=len(sizes) > 1 or n != sizes.pop(), failed=failed,
         accuracy_ci=interval(low), worst_of_draws_ci=interval(low_draws), clean_ci=interval(clean_mean),
-        per_attack_ci={a: interval(robust[a]) for a in order}, naive=naive, naive_blind=blind,
+        per_attack_ci={a: interval(robust[a]) for a in whole}, naive=naive, naive_blind=blind,
         other=_other_figure(board, dataset, defense, runs, order, frame))
 
 
@@ -246,8 +249,9 @@ def _other_figure(board: Board, dataset: str, defense: str, runs: list[Run], ord
     if scores.empty:
         return None
     low = scores.min(axis=1)
-    return OtherFigure(reading, float(low.mean()), interval(low), {a: float(scores[a].mean()) for a in order},
-                       {a: interval(scores[a]) for a in order})
+    whole = [a for a in order if not scores[a].isna().any()]
+    return OtherFigure(reading, float(low.mean()), interval(low), {a: float(scores[a].mean()) for a in whole},
+                       {a: interval(scores[a]) for a in whole})
 
 
 # -- certificates ----------------------------------------------------------------------

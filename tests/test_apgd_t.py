@@ -86,7 +86,9 @@ def test_target_order_is_the_references():
 
 
 def _spy_targets(monkeypatch) -> list[torch.Tensor]:
-    """Record the target tensor of every targeted-loss call."""
+    """Record the target tensor of every targeted-loss call (of the examples the attack
+    passes: no padding of small passes, attacks.adaptive.MIN_ROWS_PER_PASS)."""
+    monkeypatch.setattr("attacks.adaptive.MIN_ROWS_PER_PASS", 0)
     seen: list[torch.Tensor] = []
     original = TARGETED_LOSSES["dlr-targeted"]
 

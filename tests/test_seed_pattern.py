@@ -74,10 +74,11 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def adaptive_scores(results: Path, defense: str, threat: str) -> list[float]:
-    """Per-example worst case over naive PGD and the adaptive variants that ran against it."""
+    """Per-example worst case over naive PGD and the adaptive variants that ran against it
+    (a null score: the cascade did not hand the example to that variant, pgd broke it)."""
     folder = results / "mnist-embedded" / defense / threat
     rows = [scores(results, defense, threat, a) for a in ("pgd", *ADAPTIVE) if (folder / f"{a}.json").exists()]
-    return [min(col) for col in zip(*rows)]
+    return [min(v for v in col if v is not None) for col in zip(*rows)]
 
 
 def adaptive(results: Path, defense: str, threat: str) -> float:
