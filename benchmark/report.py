@@ -116,7 +116,8 @@ def render_table(results_dir: Path) -> str:
     naive = [f"`{a}`" for a in agg.naive_baselines(board)]
     out += ["", f"Naive = the naive baseline alone ({' or '.join(naive) or 'the naive_baseline attack'}: PGD on raw "
             "gradients); worst case = per example, the minimum over every attack run at that threat, then the mean "
-            "(it can be lower than any single attack); in parentheses the strongest single attack. Every ε, sweep "
+            "(it can be lower than any single attack); in parentheses the strongest single attack (under the cascade, "
+            "the one that broke the most examples among those it ran on). Every ε, sweep "
             "points included, is a full threat model: every applicable attack runs there. [low, high] = the exact "
             "95% interval of the worst case, in percent (Clopper–Pearson over the examples scored; for a "
             "randomized defense's fractional scores the bounds at the floor and ceiling of their sum), and of the "

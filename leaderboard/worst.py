@@ -89,8 +89,11 @@ class WorstCase:
         clean_accuracy: mean clean accuracy (averaged over the attacks' clean passes).
         n: examples common to every attack (the ones scored).
         attacks: attacks included, in display order.
-        strongest: the single attack with the lowest robust accuracy.
-        strongest_accuracy: that attack's robust accuracy on the common examples.
+        strongest: the single attack with the lowest robust accuracy; under the cascade
+            (attacks after the baselines ran only on the examples still robust) the one
+            that broke the most examples among those it ran on.
+        strongest_accuracy: that attack's robust accuracy on the common examples (None
+            when the cascade ran it on some of them only).
         per_attack: robust accuracy of each attack on the common examples.
         uneven: True when the attacks did not all cover the same examples.
         failed: attacks whose job failed at this threat (not in the worst case).
@@ -222,16 +225,20 @@ def worst_case(board: Board, dataset: str, defense: str, threat: str) -> WorstCa
         return WorstCase(None, None, None, 0, order, None, None, {}, True, failed, naive=naive, naive_blind=blind)
     # A single attack's accuracy is defined where it ran on every clean-correct example:
     # under the cascade (null scores where it was not run) only the baselines did.
-    whole = [a for a in order if not robust[a].isna().any()] or order
+    whole = [a for a in order if not robust[a].isna().any()]
     per_attack = {a: float(robust[a].mean()) for a in whole}
-    strongest = min(whole, key=lambda a: (per_attack[a], order.index(a)))
+    if len(whole) == len(order):  # every attack on every example: the lowest accuracy
+        strongest = min(order, key=lambda a: (per_attack[a], order.index(a)))
+    else:  # the cascade: the most examples broken among those it ran on
+        breaks = {a: int(((clean[a] > 0.5) & (robust[a] <= 0.5)).sum()) for a in order}
+        strongest = max(order, key=lambda a: (breaks[a], -order.index(a)))
     low = robust.min(axis=1)
     low_draws = worst.min(axis=1)
     clean_mean = clean.mean(axis=1)
     return WorstCase(
         accuracy=float(low.mean()), worst_of_draws=float(low_draws.mean()),
         clean_accuracy=float(clean_mean.mean()),
-        n=n, attacks=order, strongest=strongest, strongest_accuracy=per_attack[strongest],
+        n=n, attacks=order, strongest=strongest, strongest_accuracy=per_attack.get(strongest),
         per_attack=per_attack, uneven=len(sizes) > 1 or n != sizes.pop(), failed=failed,
         accuracy_ci=interval(low), worst_of_draws_ci=interval(low_draws), clean_ci=interval(clean_mean),
         per_attack_ci={a: interval(robust[a]) for a in whole}, naive=naive, naive_blind=blind,
