@@ -222,6 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     print(f"{len(summary.written)} result files written, {len(summary.skipped)} reused (resume) in {args.results}")
     print(_summary_table(args.results, cfg.threats))
+    if cfg.cascade:
+        print("worst = per-example worst case over every attack; an attack column counts the examples the "
+              "cascade did not hand it (broken by an earlier attack) as broken")
     for err in summary.errors:
         print(f"job failed: {err}", file=sys.stderr)
     if not args.no_site:
