@@ -77,7 +77,7 @@ from torch import nn
 from attacks.adaptive import AdaptiveView, BestTracker, evaluate
 from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
 from benchmark import streams
-from benchmark.streams import Draws, RowStreams
+from benchmark.streams import Draws
 from benchmark.threats import ThreatModel
 
 #: Adam's moment decay rates (Kingma & Ba 2015; cleverhans ``TensorAdam``).
@@ -87,27 +87,6 @@ ADAM_EPS = 1e-8
 #: The ℓ∞ radius at which the reference learning rate is used as is; for ℓ2 the rate is
 #: scaled by ε_rms / this value, so the step keeps the same ratio to the per-value radius.
 L2_LR_REFERENCE_EPS = 0.031
-
-
-#: Bit masks unpacking one random byte into eight independent fair signs.
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
-
-
-def _rademacher(rows: int, cols: int, generator: Draws) -> torch.Tensor:
-    """A (rows, cols) matrix of ±1, each sign with probability 1/2: from each example's
-    own stream (:func:`benchmark.streams.signs`), or from a CPU generator.
-
-    The bits of uniform random bytes are independent fair coins; unpacking them costs a
-    quarter of a per-entry Bernoulli draw (which dominated the attack's time on small
-    models: 128·d signs per example and step). Each row starts on a fresh byte, so the
-    signs an example receives do not depend on how examples are grouped into batches.
-    """
-    if isinstance(generator, RowStreams):
-        return streams.signs(generator, (rows, cols))
-    width = (cols + 7) // 8
-    raw = torch.randint(0, 256, (rows, width), generator=generator, dtype=torch.uint8)
-    bits = (raw.unsqueeze(-1) >> _SHIFTS) & 1
-    return bits.view(rows, width * 8)[:, :cols].to(torch.float32).mul_(2).sub_(1)
 
 
 def spsa_gradient(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, *, pairs: int,
@@ -132,7 +111,7 @@ def spsa_gradient(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, *, pairs
     for s in range(0, n, per_batch):
         xs, ys = x[s:s + per_batch], y[s:s + per_batch]
         e = len(xs)
-        dv = _rademacher(e, pairs * math.prod(shape), streams.rows(generator, range(s, s + e)))  # one row per example
+        dv = streams.signs(streams.rows(generator, range(s, s + e)), (e, pairs * math.prod(shape)))  # a row per example
         dv = dv.view(e, pairs, *shape).to(x).mul_(delta)  # δ·v
         # rows (example, pair, ±) interleaved: x + δv and x − δv of a pair are adjacent, so
         # the evaluator's passes (an even number of rows) always hold both points of a pair
