@@ -73,6 +73,9 @@ class Attack:
     #: non-differentiable step, or zero/non-finite raw gradients observed at the clean points
     #: (gradient estimation, e.g. SPSA, is the field's answer to masked gradients).
     needs_masked_gradients: ClassVar[bool] = False
+    #: True when the attack crafts its inputs on an undefended model of the dataset
+    #: (``AttackContext.surrogate``, which the runner builds only for such attacks).
+    needs_surrogate: ClassVar[bool] = False
 
     # -- traits read by flags, sweeps, the naive baseline and the leaderboard -----------
     # Recorded in every result file (:meth:`traits`), so no consumer keeps a list of ids.

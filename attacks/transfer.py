@@ -30,6 +30,7 @@ class Transfer(Attack):
     id = "transfer"
     summary = "Transfer from an undefended surrogate (PGD, 100 steps)"
     gradient_free = True
+    needs_surrogate = True
 
     @dataclass(frozen=True)
     class Params:
