@@ -174,7 +174,7 @@ def _summary_table(results_dir: Path, threats: tuple[str, ...]) -> str:
     from benchmark.results import iter_results
     import pandas as pd
 
-    from benchmark.runner import worst_case
+    from benchmark.flags import worst_case_accuracy
 
     rows: dict[tuple, dict] = {}
     groups: dict[tuple, list] = {}
@@ -188,7 +188,7 @@ def _summary_table(results_dir: Path, threats: tuple[str, ...]) -> str:
     if not rows:
         return "(no results)"
     for key, recs in groups.items():
-        rows[key]["worst"] = worst_case(recs)
+        rows[key]["worst"] = worst_case_accuracy(recs)
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.names = ["dataset", "threat", "defense"]
     cols = ["clean", "worst"] + [c for c in df.columns if c not in ("clean", "worst")]

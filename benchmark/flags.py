@@ -116,7 +116,10 @@ def broken(record: dict[str, Any]) -> np.ndarray:
 
 def worst_case_accuracy(records: list[dict[str, Any]]) -> float:
     """Mean over examples of the minimum ``robust_correct`` over ``records`` (null scores,
-    examples an attack did not run on under the cascade, are skipped)."""
+    examples an attack did not run on under the cascade, are skipped; an example no record
+    scored counts as broken, as the cascade skipped it; NaN without records)."""
+    if not records:
+        return math.nan
     rows = np.asarray([r["per_example"]["robust_correct"] for r in records], dtype=float)
     low = np.where(np.isnan(rows), np.inf, rows).min(axis=0)
     return float(np.where(np.isinf(low), 0.0, low).mean())

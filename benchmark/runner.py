@@ -40,7 +40,7 @@ from benchmark import results as rf
 from benchmark.cascade import order, pruning_records, still_robust
 from benchmark.code_hash import code_hash, submission_files_hash
 from benchmark.datasets import get_dataset, unavailable
-from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
+from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags, worst_case_accuracy
 from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.profiles import Profile, get_profile
 from benchmark.registry import Submission, build_defense, manifest_paths, validate
@@ -245,7 +245,7 @@ class SubmissionRun:
         seed = job_seed(self.cfg.seed, run_id)
         # Build the surrogate before seeding: building a model draws from the global RNG,
         # and whether this worker had built it already must not change the draws below.
-        surrogate = self._surrogate() if attack_id == "transfer" else None
+        surrogate = self._surrogate() if attack.needs_surrogate else None
         torch.manual_seed(seed)
         # Every example draws from its own stream (keyed by its dataset index), so what the
         # attack does to it depends neither on its batch nor on the cascade's pruning.
@@ -265,7 +265,11 @@ class SubmissionRun:
             x_adv[rows] = res.x_adv.detach()
             infos.append((len(rows), res.info))
         torch.manual_seed(job_seed(self.cfg.seed, run_id + "/score"))
-        adv = score(self.defense, x_adv, self.y, self.draws)
+        if len(todo) or self.defense.randomized:
+            adv = score(self.defense, x_adv, self.y, self.draws)
+        else:  # nothing attacked: x_adv is x, and a deterministic defense scores it as it did
+            adv = self.clean
+        attacked = (self.clean.correct > 0) & ~skipped
         abstains = bool(getattr(self.defense, "abstains", False))
         rejects = bool(getattr(self.defense, "rejects", False))
         # The headline: a rejected adversarial input is a defense win for a detector and an
@@ -283,7 +287,7 @@ class SubmissionRun:
         keep = ~skipped
         per_example = {
             "clean_correct": _floats(self.clean.correct),
-            "attacked": [bool(v) for v in ((self.clean.correct > 0) & keep).tolist()],
+            "attacked": [bool(v) for v in attacked.tolist()],
             "robust_correct": _floats(robust, keep),
             "robust_correct_worst": _floats(robust_worst, keep, int),
             "adv_correct": _floats(adv.correct, keep),
@@ -292,7 +296,6 @@ class SubmissionRun:
             "clean_rejected": _floats(self.clean.rejected),
             "adv_rejected": _floats(adv.rejected, keep),
         }
-        attacked = torch.tensor(per_example["attacked"], device=robust.device)
         totals: dict[str, Any] = {"n": n, "interval": {"level": LEVEL, "method": METHOD},
                                   "attacked": int(attacked.sum()), "skipped_by_cascade": int(skipped.sum())}
         figures = {"clean_accuracy": self.clean.correct, "robust_accuracy": robust * keep,
@@ -351,16 +354,6 @@ def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
         else:
             out[key] = values[-1][1]
     return out
-
-
-def worst_case(records: list[dict]) -> float:
-    """Mean over examples of the minimum robust score over the given records (a null
-    score, an example the cascade did not hand to that attack, is no score)."""
-    rows = [r["per_example"]["robust_correct"] for r in records]
-    if not rows:
-        return math.nan
-    cols = ([v for v in col if v is not None] for col in zip(*rows))
-    return float(sum(min(col) if col else 0.0 for col in cols) / len(rows[0]))
 
 
 def _write_manifest_facts(sub: Submission, results_dir: Path) -> None:
@@ -513,7 +506,7 @@ def run_submission(orch: Orchestrator, attacks: list[str], threats: list[ThreatM
                     # accuracy every record carries (scored with the same draws).
                     clean = recs[0]["per_example"]["clean_correct"]
                     points.append((0.0, sum(clean) / len(clean)))
-                points.append((threat.eps, worst_case(recs)))
+                points.append((threat.eps, worst_case_accuracy(recs)))
         curves[norm] = points
     certificate = orch.certify(threats) if cfg.certify and sub.manifest.certify is not None else None
     for threat in all_threats:

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from benchmark.datasets import get_dataset
+from benchmark.flags import worst_case_accuracy
 from benchmark.registry import build_defense, load_submission
 from benchmark.runner import RunConfig, run
 from benchmark.threats import get_threat
@@ -125,18 +126,17 @@ def _gauntlet(sub_id: str, threat_id: str, n: int, results: Path) -> tuple[objec
 
 
 def _gauntlet_worst_case(results: Path, sub_id: str, threat_id: str) -> tuple[float, list[str], int]:
-    """(robust accuracy, attack ids, examples): per example, the minimum over the threat's
-    attack files of ``robust_correct``, nulls skipped (an all-null column counts as broken,
-    as in :func:`benchmark.runner.worst_case`). Only the threat's own folder is read, so
-    ``linf-inf`` is left out."""
-    rows: dict[str, list] = {}
+    """(robust accuracy, attack ids, examples): the per-example worst case over the threat's
+    attack files (:func:`benchmark.flags.worst_case_accuracy`, nulls skipped). Only the
+    threat's own folder is read, so ``linf-inf`` is left out."""
+    records: dict[str, dict] = {}
     for path in sorted((results / DATASET / sub_id / threat_id).glob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         if record.get("kind") == "attack":
-            rows[path.stem] = record["per_example"]["robust_correct"]  # <threat>/<attack>.json
-    assert rows, f"no attack results under {results / DATASET / sub_id / threat_id}"
-    worst = [min((v for v in col if v is not None), default=0.0) for col in zip(*rows.values())]
-    return sum(worst) / len(worst), sorted(rows), len(worst)
+            records[path.stem] = record  # <threat>/<attack>.json
+    assert records, f"no attack results under {results / DATASET / sub_id / threat_id}"
+    n = len(next(iter(records.values()))["per_example"]["robust_correct"])
+    return worst_case_accuracy(list(records.values())), sorted(records), n
 
 
 def _autoattack(autoattack_cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
