@@ -39,6 +39,7 @@ from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
 from benchmark.cascade import order, pruning_records, still_robust
 from benchmark.code_hash import code_hash, submission_files_hash
+from benchmark.config import RunConfig, RunSummary, job_seed, resolve_device
 from benchmark.datasets import get_dataset, unavailable
 from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags, worst_case_accuracy
 from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
@@ -48,81 +49,6 @@ from benchmark.scheduling import cost_rank, job_runner, run_threads, worker_plan
 from benchmark.scoring import Scores, declared_randomness_check, score
 from benchmark.streams import RowStreams
 from benchmark.threats import FIXED_THREATS, ThreatModel, get_threat, sweep_threats
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What ``gauntlet run`` does."""
-
-    #: Folder of submission folders.
-    submissions_dir: Path = Path("submissions")
-    #: Defense ids to run (empty = all valid submissions).
-    defenses: tuple[str, ...] = ()
-    #: Attack ids to run (empty = every registered attack).
-    attacks: tuple[str, ...] = ()
-    #: Threat ids (default: the two fixed threat models).
-    threats: tuple[str, ...] = FIXED_THREATS
-    #: Run profile (sizes): "quick" or "full".
-    profile: str = "quick"
-    #: Examples per dataset; None = the profile's.
-    n_examples: int | None = None
-    #: "auto", "cpu", "cuda" or "cuda:N".
-    device: str = "auto"
-    #: Master seed; every job derives its own from it and its run id.
-    seed: int = 0
-    #: Where result files go.
-    results_dir: Path = Path("results")
-    #: Dataset folder (``--data-dir``); None = ``$GAUNTLET_DATA``.
-    data_dir: Path | None = None
-    #: Let torchvision download a missing dataset (needs a network).
-    download: bool = False
-    #: Examples per attack batch.
-    batch_size: int = 100
-    #: Run the ε sweeps; None = the profile's choice.
-    sweep: bool | None = None
-    #: Certify submissions that claim a certificate.
-    certify: bool = True
-    #: Run each job in a child process with time and memory limits (False: in-process).
-    isolate: bool = True
-    #: Wall-clock limit per job in seconds (None: the profile's).
-    job_timeout_s: float | None = None
-    #: Resident-memory limit per job in MiB (None: the profile's).
-    job_memory_mb: int | None = None
-    #: Submissions attacked at once, each in its own worker (None: one per CPU core on
-    #: CPU with isolation, else 1). Results do not depend on it: every job seeds itself.
-    workers: int | None = None
-    #: Run each attack after the baselines only on the examples still robust
-    #: (:mod:`benchmark.cascade`); False: every attack on every example.
-    cascade: bool = True
-
-
-@dataclass
-class RunSummary:
-    """What a run did."""
-
-    written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    #: One line per submission not run because its dataset's files are not available.
-    unavailable: list[str] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU.
-
-    Raises:
-        ValueError: CUDA was asked for and is not available.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
-
-
-def job_seed(seed: int, run_id: str) -> int:
-    """A 63-bit seed derived from the master seed and a run id."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{run_id}".encode()).digest()[:8], "big") >> 1
 
 
 class SubmissionRun:

@@ -16,7 +16,7 @@ from benchmark.profiles import Profile
 
 if TYPE_CHECKING:
     from benchmark.registry import Submission
-    from benchmark.runner import RunConfig
+    from benchmark.config import RunConfig
 
 
 def worker_plan(cfg: RunConfig, device: torch.device, n_submissions: int) -> tuple[int, int | None]:
