@@ -3,7 +3,7 @@
 A :class:`JobRunner` owns one persistent *worker* process, started with the
 ``spawn`` method (never a plain ``fork`` of a process whose torch thread pools are
 running). The worker imports torch once, keeps the last built defense (per
-submission, see :func:`isolated_attack_job`) and receives one job at a time through
+submission, see :func:`benchmark.worker.submission_run`) and receives one job at a time through
 a pipe: a ``"module:function"`` name and picklable arguments. The parent watches the
 job and kills the worker, with every process it started, when
 
@@ -19,9 +19,8 @@ sets ``RLIMIT_AS`` (its address space at start plus twice the memory limit) as a
 second guard against an allocation too fast for the parent to see; never on CUDA,
 where reserving device memory needs a large address space.
 
-The benchmark's jobs that run *in* the worker (building a submission, attack,
-certify and flags jobs) and the ``kind: "error"`` record of a failed job are in
-:mod:`benchmark.isolated_jobs`.
+The benchmark's jobs that run *in* the worker enter through :mod:`benchmark.worker`;
+the executors (:mod:`benchmark.executors`) own the runners.
 
 This module imports no torch at import time, so a worker that only runs light jobs
 (the tests) starts in a fraction of a second.
@@ -61,6 +60,8 @@ class JobOutcome:
     seconds: float
     #: The worker's traceback for kind "exception" (and memory exceptions), else None.
     traceback: str | None = None
+    #: Tries it took (an executor retries a job whose worker died).
+    attempts: int = 1
 
 
 class WorkerStartError(RuntimeError):
@@ -69,23 +70,47 @@ class WorkerStartError(RuntimeError):
 
 # -- the worker ------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Kill this worker when its parent dies, even by SIGKILL (a hung job must not outlive
-    an interrupted run): ``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with_parent(owner: int) -> None:
+    """Kill this worker, with its process group, when its owner (the process that asked
+    for it) or its parent dies, even by SIGKILL: a job must not outlive an interrupted run.
+
+    ``PR_SET_PDEATHSIG`` covers the parent, but a fork-server worker's parent is the fork
+    server, which outlives the owner for a while; so a watchdog thread also watches the
+    owner's pid.
+    """
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent:
+    def gone() -> bool:
+        return os.getppid() != parent or not _alive(owner)
+
+    def die() -> None:
+        try:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # this worker and anything it started
+        finally:
+            os._exit(1)
+
+    if gone():
         os._exit(1)
 
     def watch() -> None:
         while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(1)
+            time.sleep(0.25)
+            if gone():
+                die()
 
     threading.Thread(target=watch, name="gauntlet-parent-watch", daemon=True).start()
 
@@ -116,10 +141,10 @@ def _resolve(name: str) -> Any:
 
 
 def _worker_main(conn: Any, preload: tuple[str, ...], threads: int | None,
-                 address_space_mb: int | None) -> None:
+                 address_space_mb: int | None, owner: int) -> None:
     """The worker's loop: one ``(fn, args, kwargs)`` message in, one reply out."""
-    _die_with_parent()
     os.setpgrp()  # its own process group: killed as one; the terminal's Ctrl-C goes to the parent
+    _die_with_parent(owner)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for module in preload:
         importlib.import_module(module)
@@ -267,7 +292,7 @@ class JobRunner:
     def _start(self) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_main, name="gauntlet-worker", daemon=True,
-                                 args=(child_conn, self.preload, self.threads, self._address_space_mb))
+                                 args=(child_conn, self.preload, self.threads, self._address_space_mb, os.getpid()))
         proc.start()
         child_conn.close()
         self._proc, self._conn = proc, parent_conn

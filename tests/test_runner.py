@@ -159,7 +159,7 @@ def test_observed_randomness_reaches_the_scorer_and_the_eot_view(submissions, tm
     from attacks.adaptive import AdaptiveView
     from benchmark.profiles import get_profile
     from benchmark.registry import load_submission
-    from benchmark.runner import SubmissionRun
+    from benchmark.jobs import SubmissionRun
 
     folder = submissions / "dummy-linear"
     (folder / "hidden.py").write_text(HIDDEN_NOISE)
