@@ -182,16 +182,30 @@ def _json_float(v: float) -> float | str:
 def get_threat(threat_id: str) -> ThreatModel:
     """Parse a threat id such as ``linf-0.031``, ``l2-0.005`` or ``linf-inf``.
 
+    ε is a finite number ≥ 0, or exactly ``inf`` for the unbounded threat (box only, the
+    one naive PGD runs at). Any other spelling that parses to ∞ or NaN (``1e999``,
+    ``Infinity``, ``nan``) is refused: it is almost certainly a typo, and a silent ∞ would
+    attack without a bound.
+
     Raises:
         ValueError: with the reason when the id is malformed.
     """
+    if not isinstance(threat_id, str):
+        raise ValueError(f"threat {threat_id!r}: expected a string such as 'linf-0.031'")
     norm, sep, eps = threat_id.partition("-")
     if not sep or norm not in ("linf", "l2"):
         raise ValueError(f"threat {threat_id!r}: expected '<linf|l2>-<eps>', e.g. 'linf-0.031'")
+    if eps == "inf":
+        return ThreatModel(norm, math.inf)
     try:
-        value = math.inf if eps == "inf" else float(eps)
+        value = float(eps)
     except ValueError:
         raise ValueError(f"threat {threat_id!r}: eps {eps!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"threat {threat_id!r}: eps {eps!r} is not a finite number "
+                         f"(write '{norm}-inf' for the unbounded threat)")
+    if value < 0:
+        raise ValueError(f"threat {threat_id!r}: eps must be >= 0, got {eps}")
     return ThreatModel(norm, value)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,33 @@ from torch import nn
 from benchmark.datasets import get_dataset
 from benchmark.manifest import sha256_file
 from benchmark.registry import Submission, build_defense, resolve
+
+
+class TrainingError(RuntimeError):
+    """The submission's own code failed while training: ``"<manifest>: <field>: <reason>"``.
+
+    Attributes:
+        bad_input: the code raised ``ValueError``, the recipes' (and factories') way of
+            refusing their manifest arguments; anything else is a failed training job.
+    """
+
+    def __init__(self, message: str, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.bad_input)
+
+
+@contextmanager
+def _submission_code(sub: Submission, field: str) -> Iterator[None]:
+    """Turn an exception raised by the submission's code into one :class:`TrainingError` line."""
+    try:
+        yield
+    except Exception as e:  # the submission's code: anything can come out of it
+        message = " ".join(str(e).split()) or "(no message)"
+        raise TrainingError(f"{sub.path}: {field}: {type(e).__name__}: {message}",
+                            bad_input=isinstance(e, ValueError)) from e
 
 
 @dataclass
@@ -64,6 +93,8 @@ def train_submission(sub: Submission, *, submissions_dir: Path, data_dir: Path |
 
     Raises:
         ValueError: the manifest has no train block or no weights path.
+        TrainingError: the submission's code (model factory, defense or recipe) raised;
+            one line naming the manifest, the field and the exception.
     """
     m = sub.manifest
     if m.train is None:
@@ -71,12 +102,17 @@ def train_submission(sub: Submission, *, submissions_dir: Path, data_dir: Path |
     if m.model.weights is None:
         raise ValueError(f"{sub.path}: model.weights: needed to save the trained model")
     x, y = get_dataset(m.dataset).split("train", data_dir)
-    job = make_job(sub, x, y, seed=seed, device=device, data_dir=data_dir, submissions_dir=submissions_dir)
-    recipe = resolve(m.train.recipe, sub.folder, sub.id)
-    args = {**m.train.args, **(overrides or {})}
-    start = time.perf_counter()
-    trained = recipe(job, **args)
-    seconds = time.perf_counter() - start
+    with _submission_code(sub, "model"):
+        job = make_job(sub, x, y, seed=seed, device=device, data_dir=data_dir, submissions_dir=submissions_dir)
+    with _submission_code(sub, "train.recipe"):
+        recipe = resolve(m.train.recipe, sub.folder, sub.id)
+        args = {**m.train.args, **(overrides or {})}
+        start = time.perf_counter()
+        trained = recipe(job, **args)
+        seconds = time.perf_counter() - start
+    if not isinstance(trained, nn.Module):
+        raise TrainingError(f"{sub.path}: train.recipe: {m.train.recipe} returned "
+                            f"{type(trained).__name__}, not a torch.nn.Module")
     if write:
         save_weights(sub, trained)
     return trained, seconds
