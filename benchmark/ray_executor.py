@@ -9,7 +9,7 @@ defense. Results come back to the driver as data; the orchestrator writes them
 
 An actor that dies (its process killed, the node's OOM killer, a lost node) fails its
 task with a :class:`ray.exceptions.RayError`; the lane gets a fresh actor and the task
-is retried (:data:`benchmark.executors.RETRIES`), then recorded as a ``crash``.
+is retried (:data:`benchmark.lanes.RETRIES`), then recorded as a ``crash``.
 
 Needs ``pip install -e ".[ray]"``; every node needs the same checkout (submissions
 included) and data folder at the same paths (docs/scale-out.md).
@@ -20,7 +20,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from benchmark.executors import ENTRY, LaneExecutor, Task
+from benchmark.lanes import ENTRY, LaneExecutor, Task
 from benchmark.isolation import JobOutcome, JobRunner
 
 if TYPE_CHECKING:

@@ -34,7 +34,8 @@ from benchmark.cascade import pruning_records, still_robust
 from benchmark.config import RunConfig, RunSummary, resolve_device
 from benchmark.datasets import unavailable
 from benchmark.error_records import error_job_config, error_record
-from benchmark.executors import Executor, Task, make_executor
+from benchmark.executors import make_executor
+from benchmark.lanes import Executor, Task
 from benchmark.flags import worst_case_accuracy
 from benchmark.isolation import JobOutcome
 from benchmark.lock import results_lock
