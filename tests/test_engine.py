@@ -174,35 +174,72 @@ def _gauntlet(*args: str) -> list[str]:
     return [sys.executable, "-m", "benchmark.cli", *args]
 
 
+SLOW_STEP = '''
+import time
+from pathlib import Path
+
+from defenses.pipeline import Step
+
+
+class Slow(Step):
+    """Identity; the first time an attack asks for a gradient, it marks the moment in a
+    file and then takes ``seconds`` to answer (a long job that finishes)."""
+
+    differentiable = True
+
+    def __init__(self, marker: str, seconds: float) -> None:
+        super().__init__()
+        self.marker, self.seconds, self.slept = marker, seconds, False
+
+    def forward(self, x):
+        import torch
+
+        if torch.is_grad_enabled() and not self.slept:
+            self.slept = True
+            Path(self.marker).write_text("started")
+            time.sleep(self.seconds)
+        return x
+'''
+
+
 def test_sigkill_of_the_runner_leaves_no_worker_and_no_late_file(subs, tmp_path):
-    """The runner is SIGKILLed while its worker (a fork server's child) hangs in a job:
-    within seconds every process it started is gone and no file appears afterwards."""
-    results = tmp_path / "results"
-    proc = subprocess.Popen(_gauntlet("run", "--submissions", str(subs), "--defense", "hostile-hang",
+    """The runner is SIGKILLed while its worker (a fork server's child) is in the middle of
+    a job that would finish seconds later: every process it started is gone within
+    seconds, and no result file appears afterwards (the worker used to finish its job
+    and write it)."""
+    results, marker = tmp_path / "results", tmp_path / "started"
+    slow = subs / "hostile-slow"
+    shutil.copytree(subs / "hostile-hang", slow)
+    (slow / "slow.py").write_text(SLOW_STEP)
+    manifest = (slow / "manifest.yaml").read_text().replace("id: hostile-hang", "id: hostile-slow")
+    manifest = manifest.replace('{factory: "hang:Hang", args: {}}',
+                                f'{{factory: "slow:Slow", args: {{marker: "{marker}", seconds: 8}}}}')
+    manifest = manifest.replace("hang:Prior", "slow_prior:Prior")
+    (slow / "slow_prior.py").write_text((slow / "hang.py").read_text())
+    (slow / "hang.py").unlink()
+    (slow / "manifest.yaml").write_text(manifest)
+    proc = subprocess.Popen(_gauntlet("run", "--submissions", str(subs), "--defense", "hostile-slow",
                                       "--attack", "fgsm", "--threat", "linf-0.1", "--n-examples", "10",
                                       "--no-sweep", "--no-certify", "--no-site", "--quiet",
                                       "--results", str(results)), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, family = time.monotonic() + 120, []
-        while time.monotonic() < deadline:  # the fork server and its worker
-            family = descendants(proc.pid)
-            if len(family) >= 2 and any((results / DS / "hostile-hang").glob("manifest.json")):
-                break
-            time.sleep(0.2)
-        assert len(family) >= 2, "no worker started"
-        time.sleep(3.0)  # the worker is now building or hanging in the attack
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not marker.exists() and proc.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), "the attack job never started"
         family = descendants(proc.pid)
+        assert len(family) >= 2  # the fork server and its worker
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    listing = sorted(p.name for p in results.rglob("*"))
+    listing = sorted(str(p.relative_to(results)) for p in results.rglob("*"))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in family):
         time.sleep(0.1)
     assert [p for p in family if _alive(p)] == []
-    time.sleep(1.0)
-    assert sorted(p.name for p in results.rglob("*")) == listing
+    time.sleep(9.0)  # past the moment the job would have finished
+    assert sorted(str(p.relative_to(results)) for p in results.rglob("*")) == listing
 
 
 def _alive(pid: int) -> bool:
