@@ -10,7 +10,9 @@ Every file carries ``schema_version``, ``kind``, ``run_id``, ``config_hash`` and
 device) and per-example arrays. Numbers are numbers. A run whose ``config_hash``
 already has a file is skipped (resume). A write goes to a temporary file in the same
 folder and is renamed into place (``os.replace``), so a killed run never leaves a
-partial file. A reader that meets an unreadable file raises; it never skips it.
+partial file. A reader that meets an unreadable file raises; it never skips it. The
+schema and its value rules are :mod:`benchmark.records`: the writer checks a record
+before writing it and the reader checks every file it reads.
 """
 from __future__ import annotations
 
@@ -25,17 +27,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-#: 2: attack traits, 95% intervals (``*_ci``), ``adv_correct``/``adv_survives`` and the
-#: reject-as-win/-as-error figures, defense facts ``abstains``/``zero_gradients``, and a
-#: config hash over the whole harness source and the submission folder.
-SCHEMA_VERSION = 2
-#: Schema versions this reader still understands (old files must keep loading).
-READABLE_SCHEMAS = (1, 2)
-KINDS = ("attack", "flags", "certify", "error")
+import pydantic_core
 
-
-class ResultError(RuntimeError):
-    """A result file is missing, unreadable or of an unknown schema; names the file."""
+from benchmark import records
+# Re-exported: the schema (version, kinds, models, value rules) lives in benchmark.records.
+from benchmark.records import KINDS, READABLE_SCHEMAS, SCHEMA_VERSION, ResultError  # noqa: F401
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -55,8 +51,15 @@ def attack_run_id(dataset: str, defense: str, threat: str, attack: str) -> str:
 
 
 def write_result(results_dir: Path, record: dict[str, Any]) -> Path:
-    """Atomically write ``record`` to its run's path and return the path."""
+    """Check ``record`` against the schema, write it atomically to its run's path and
+    return the path.
+
+    Raises:
+        ResultError: the record breaks the schema (:func:`benchmark.records.validate`):
+            a harness bug, so nothing is written.
+    """
     path = result_path(results_dir, record["run_id"])
+    records.validate(record, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -82,26 +85,37 @@ def remove_stale_temporaries(results_dir: Path) -> int:
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    """Read one result file.
+    """Read one result file and check it against the schema (:mod:`benchmark.records`).
 
     Raises:
-        ResultError: naming the file, when it cannot be parsed or has an unknown schema.
+        ResultError: one line naming the file (and the field), when it cannot be parsed,
+            has an unknown schema or kind, or holds a value the schema does not allow.
     """
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        record, constants = _parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultError(f"{path}: unreadable result file: {e}") from None
-    if not isinstance(record, dict):
-        raise ResultError(f"{path}: not a JSON object")
-    version = record.get("schema_version")
-    if version not in READABLE_SCHEMAS:
-        raise ResultError(f"{path}: schema_version {version!r} not readable (known: {list(READABLE_SCHEMAS)})")
-    for key in ("kind", "run_id", "config_hash"):
-        if key not in record:
-            raise ResultError(f"{path}: missing field {key!r}")
-    if record["kind"] not in KINDS:
-        raise ResultError(f"{path}: unknown kind {record['kind']!r}")
-    return record
+    return records.validate(record, str(path), deep=constants)
+
+
+def _parse(text: str) -> tuple[Any, bool]:
+    """The parsed JSON, and whether it holds a NaN or ±Infinity token.
+
+    pydantic-core's parser is about twice as fast as :mod:`json` (which pays for the
+    schema check of a whole results folder); it rejects NaN/Infinity tokens and lone
+    surrogate escapes, so on any failure the standard parser decides, noting those tokens
+    for :func:`benchmark.records.validate` to locate.
+
+    Raises:
+        json.JSONDecodeError: not JSON.
+    """
+    try:
+        return pydantic_core.from_json(text, allow_inf_nan=False), False
+    except ValueError:
+        pass
+    constants: list[str] = []
+    record = json.loads(text, parse_constant=lambda token: constants.append(token) or float(token))
+    return record, bool(constants)
 
 
 def existing_hash(results_dir: Path, run_id: str) -> str | None:

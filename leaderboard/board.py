@@ -1,11 +1,14 @@
 """Loading result files: :class:`Run`, :class:`Board` and :func:`load_board`.
 
 Result files are read only through :func:`benchmark.results.iter_results`, so an
-unreadable file or an unknown schema raises :class:`~benchmark.results.ResultError`
-naming the file (a missing row would be a silent lie); every record is checked for the
-fields the site reads. Manifest facts come from ``<results>/<dataset>/<defense>/manifest.json``
-(written by the runner) or, failing that, from ``<submissions>/<defense>/manifest.yaml``;
-no defense code is imported. Scoring is in :mod:`leaderboard.aggregate`.
+unreadable file, an unknown schema or a value the schema does not allow (a string, NaN
+or 5.0 as an accuracy: :mod:`benchmark.records`) raises
+:class:`~benchmark.results.ResultError` naming the file and the field (a missing row or
+a 500% cell would be a silent lie); here each record is also checked to sit at the path
+its ids give. Manifest facts come from ``<results>/<dataset>/<defense>/manifest.json``
+(written by the runner, checked as :class:`ManifestFacts`) or, failing
+that, from ``<submissions>/<defense>/manifest.yaml``; no defense code is imported.
+Scoring is in :mod:`leaderboard.aggregate`.
 """
 from __future__ import annotations
 
@@ -15,14 +18,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from benchmark import manifest as mf
+from benchmark.records import ABSENT, check_model
 from benchmark.results import ResultError, iter_results
 from benchmark.threats import get_threat
 from leaderboard.job_errors import JobError, check_error, job_error
 
 MANIFEST_FILE = "manifest.json"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-#: Per-example scores of schema 2 that older records lack (checked when present).
-_OPTIONAL_SCORES = ("robust_correct_reject_as_win", "robust_correct_reject_as_error")
+
+
+class PaperFacts(BaseModel):
+    """``paper`` of a manifest.json (the site links only an http(s) ``url``)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    title: str
+    url: str | None = None
+    venue: str | None = None
+    year: int | None = None
+
+
+class ManifestFacts(BaseModel):
+    """``<results>/<dataset>/<defense>/manifest.json``: the manifest's facts the runner
+    copies beside the results (a dump of :class:`benchmark.manifest.Manifest` plus
+    ``manifest_sha256``), as far as the site reads them. Claims, certificate, reduced
+    budgets and example limits are checked by the manifest's own models, so a claimed
+    accuracy obeys the manifest's rule: a number in [0, 1]. A field may be absent (older
+    folders), but not of another type when present."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    id: str = Field(min_length=1)
+    name: str = ABSENT
+    paper: PaperFacts | None = None
+    authors: list[str] = ABSENT
+    claims: list[mf.Claim] = ABSENT
+    properties: mf.Properties = ABSENT
+    certify: mf.Certificate | None = None
+    attack_overrides: list[mf.AttackOverride] = ABSENT
+    example_limits: list[mf.ExampleLimit] = ABSENT
+    notes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,52 +183,47 @@ def load_board(results_dir: Path, submissions_dir: Path | None = None,
 
 
 def _check(path: Path, run_id: str, record: dict[str, Any]) -> None:
-    """Raise ResultError naming ``path`` unless the record has what the site reads."""
+    """Raise ResultError naming ``path`` unless the record sits where its ids say.
+
+    Values and per-example arrays were checked on reading (:mod:`benchmark.records`);
+    what is left is the file's place: ``<dataset>/<defense>/<threat|certify>/<name>``.
+    """
     try:
-        parts = run_id.split("/")
-        if record["run_id"] != run_id:
-            raise ValueError(f"run_id {record['run_id']!r} does not match its path {run_id!r}")
-        if len(parts) != 4 or not all(_ID.match(p) for p in parts):
-            raise ValueError(f"path {run_id!r} is not <dataset>/<defense>/<threat|certify>/<name>")
-        if (record["dataset"]["id"], record["defense"]["id"]) != (parts[0], parts[1]):
-            raise ValueError("dataset.id/defense.id do not match the path")
-        n = len(record["dataset"]["indices"])
-        kind = record["kind"]
-        if kind == "attack":
-            if (record["threat"]["id"], record["attack"]["id"]) != (parts[2], parts[3]):
-                raise ValueError("threat.id/attack.id do not match the path")
-            get_threat(record["threat"]["id"])
-            per = record["per_example"]
-            attacked = per.get("attacked")
-            if attacked is not None and (len(attacked) != n or not all(isinstance(a, bool) for a in attacked)):
-                raise ValueError(f"per_example.attacked is not {n} booleans")
-            for key in ("clean_correct", "robust_correct", "robust_correct_worst", *_OPTIONAL_SCORES):
-                if key not in per and key in _OPTIONAL_SCORES:
-                    continue
-                if len(per[key]) != n:
-                    raise ValueError(f"per_example.{key} has {len(per[key])} entries for {n} indices")
-                # null: an example the cascade did not hand to the attack (never a clean score)
-                for i, v in enumerate(per[key]):
-                    if v is None and key != "clean_correct" and attacked is not None and not attacked[i]:
-                        continue
-                    if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                        raise ValueError(f"per_example.{key} has a score outside [0, 1]")
-            float(record["summary"]["robust_accuracy"])
-        elif kind == "flags":
-            if record["threat"]["id"] != parts[2] or parts[3] != "flags":
-                raise ValueError("flags file not at <threat>/flags.json")
-            for flag in record["flags"]:
-                flag["id"], flag["raised"], dict(flag.get("numbers") or {})
-        elif kind == "certify":
-            if parts[2] != "certify" or record["method"] != parts[3]:
-                raise ValueError("certify file not at certify/<method>.json")
-            dict(record["summary"]["certified_accuracy"])
-        elif kind == "error":
-            if parts[2] != "certify":
-                get_threat(parts[2])
-            check_error(record, parts)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ResultError(f"{path}: malformed {record.get('kind')} result: {type(e).__name__}: {e}") from None
+        _check_place(run_id, record)
+    except ValueError as e:  # "<field>: <reason>"
+        raise ResultError(f"{path}: {e}") from None
+
+
+def _check_place(run_id: str, record: dict[str, Any]) -> None:
+    parts = run_id.split("/")
+    if record["run_id"] != run_id:
+        raise ValueError(f"run_id: {record['run_id']!r} does not match its path {run_id!r}")
+    if len(parts) != 4 or not all(_ID.match(p) for p in parts):
+        raise ValueError(f"run_id: path {run_id!r} is not <dataset>/<defense>/<threat|certify>/<name>")
+    if (record["dataset"]["id"], record["defense"]["id"]) != (parts[0], parts[1]):
+        raise ValueError("dataset.id: dataset.id/defense.id do not match the path")
+    kind = record["kind"]
+    if kind == "attack":
+        if (record["threat"]["id"], record["attack"]["id"]) != (parts[2], parts[3]):
+            raise ValueError("threat.id: threat.id/attack.id do not match the path")
+        _known_threat("threat.id", record["threat"]["id"])
+    elif kind == "flags":
+        if record["threat"]["id"] != parts[2] or parts[3] != "flags":
+            raise ValueError("threat.id: flags file not at <threat>/flags.json")
+    elif kind == "certify":
+        if parts[2] != "certify" or record["method"] != parts[3]:
+            raise ValueError("method: certify file not at certify/<method>.json")
+    elif kind == "error":
+        if parts[2] != "certify":
+            _known_threat("run_id", parts[2])
+        check_error(record, parts)
+
+
+def _known_threat(field: str, threat_id: str) -> None:
+    try:
+        get_threat(threat_id)
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
 
 
 def _manifest(results_dir: Path, submissions_dir: Path | None, key: tuple[str, str],
@@ -204,8 +235,9 @@ def _manifest(results_dir: Path, submissions_dir: Path | None, key: tuple[str, s
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ResultError(f"{path}: unreadable manifest file: {e}") from None
-        if not isinstance(data, dict) or data.get("id") != defense:
-            raise ResultError(f"{path}: not the manifest of defense {defense!r}")
+        check_model(ManifestFacts, data, str(path))
+        if data["id"] != defense:
+            raise ResultError(f"{path}: id: {data['id']!r} is not the defense of this folder ({defense!r})")
         return data
     if submissions_dir is not None and (Path(submissions_dir) / defense / "manifest.yaml").is_file():
         from benchmark.manifest import ManifestError, parse_manifest

@@ -525,8 +525,10 @@ def test_minimal_error_record_infers_its_job_from_the_path(tmp_path):
 
 
 def test_error_records_written_by_the_runner_load(tmp_path):
-    """The parent's own writer (benchmark.isolated_jobs), for an attack and a build failure."""
-    from benchmark.isolated_jobs import error_job_config, write_error_result
+    """The orchestrator's own error records (benchmark.error_records), for an attack and a
+    build failure."""
+    from benchmark.error_records import error_job_config, error_record
+    from benchmark.results import write_result
     from benchmark.isolation import JobOutcome
     from benchmark.registry import load_submission
     from benchmark.runner import RunConfig
@@ -535,10 +537,10 @@ def test_error_records_written_by_the_runner_load(tmp_path):
     cfg = RunConfig(submissions_dir=FIXTURES / "submissions", results_dir=tmp_path, n_examples=3)
     out = JobOutcome(False, None, "no result within the wall-clock limit of 5 s", "timeout", 5.0)
     config = error_job_config(cfg, sub, "attack", attack_id="pgd", threat_id="linf-0.031", timeout_s=5, memory_mb=64)
-    write_error_result(cfg, sub, f"{DS}/{sub.id}/linf-0.031/pgd", out, config, "cpu", [0, 1, 2])
+    write_result(tmp_path, error_record(cfg, sub, f"{DS}/{sub.id}/linf-0.031/pgd", out, config, "cpu", [0, 1, 2]))
     boom = JobOutcome(False, None, "ImportError: nope", "exception", 0.5, "Traceback ...\nImportError: nope\n")
     config = error_job_config(cfg, sub, "prepare", timeout_s=5, memory_mb=64)
-    write_error_result(cfg, sub, f"{DS}/{sub.id}/l2-0.005/fgsm", boom, config, "cpu", [0, 1, 2])
+    write_result(tmp_path, error_record(cfg, sub, f"{DS}/{sub.id}/l2-0.005/fgsm", boom, config, "cpu", [0, 1, 2]))
     b = board(tmp_path)
     assert agg.failed_attacks(b, DS, sub.id, "linf-0.031") == ["pgd"]
     build = agg.prepare_error(b, DS, sub.id)

@@ -421,3 +421,57 @@ def test_schema2_abstaining_defense_and_claim_about_another_model(schema2_site):
     assert 'class="overlap"' not in next(r for r in table.split("<tr>") if 'href="defenses/cifar10/det2.html"' in r)
     assert 'class="overlap"' in next(r for r in table.split("<tr>")
                                      if 'href="defenses/cifar10/cifar-undefended.html"' in r)
+
+
+# -- values, not only structure ------------------------------------------------------------------
+
+#: Raw JSON tokens the site used to coerce or drop: "1" showed 100%, NaN dropped the row,
+#: 5.0 showed 500%, −3 −300%, Infinity a blank, true 100%.
+HOSTILE_TOKENS = {"string": '"1"', "nan": "NaN", "five": "5.0", "negative": "-3", "infinity": "Infinity",
+                  "bool": "true"}
+
+
+def _plant(root: Path, rel: str, field: list, token: str) -> Path:
+    """Put the raw JSON ``token`` at ``field`` (a key path) of the result file ``rel``."""
+    path = root / rel
+    rec = json.loads(path.read_text())
+    target = rec
+    for key in field[:-1]:
+        target = target[key]
+    target[field[-1]] = "@@hostile@@"
+    path.write_text(json.dumps(rec).replace('"@@hostile@@"', token))
+    return path
+
+
+@pytest.mark.parametrize("token", list(HOSTILE_TOKENS.values()), ids=list(HOSTILE_TOKENS))
+@pytest.mark.parametrize("rel, field, shown", [
+    (f"{DS}/jpeg/linf-0.031/pgd.json", ["summary", "robust_accuracy"], "summary.robust_accuracy"),
+    (f"{DS}/jpeg/linf-0.031/pgd.json", ["per_example", "robust_correct", 3], "per_example.robust_correct[3]"),
+    (f"{DS}/jpeg/linf-0.031/pgd.json", ["per_example", "adv_rejected", 2], "per_example.adv_rejected[2]"),
+    (f"{DS}/smoothing/certify/randomized-smoothing.json", ["summary", "certified_accuracy", "l2-0.005"],
+     'summary.certified_accuracy["l2-0.005"]'),
+    (f"{DS}/jpeg/manifest.json", ["claims", 0, "accuracy"], "claims[0].accuracy"),
+], ids=["summary", "per-example", "per-example-rate", "certified", "manifest-claim"])
+def test_gauntlet_leaderboard_rejects_a_hostile_value_naming_file_and_field(tmp_path, capsys, rel, field, shown,
+                                                                               token):
+    from benchmark.cli import main
+
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURES, root)
+    path = _plant(root, rel, field, token)
+    argv = ["leaderboard", "--results", str(root), "--site", str(tmp_path / "site"),
+            "--submissions", str(FIXTURES.parent / "submissions")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}: {shown}: "), err
+    assert not (tmp_path / "site" / "index.html").exists()
+
+
+def test_old_schema_results_still_render(tmp_path):
+    """The frozen schema-1 files build a site with the numbers their arrays give."""
+    old = FIXTURES.parent / "results-v1"
+    build_site(old, tmp_path / "site")
+    data = json.loads((tmp_path / "site" / "leaderboard.json").read_text())
+    jpeg = next(r for r in data if (r["defense"], r["threat"]) == ("jpeg", "linf-0.031"))
+    assert jpeg["robust_accuracy"] == pytest.approx(0.1) and jpeg["naive_accuracy"] == pytest.approx(0.8)
+    assert (tmp_path / "site" / "defenses" / DS / "smoothing.html").is_file()

@@ -138,6 +138,22 @@ def test_unreadable_result_raises_naming_the_file(tmp_path):
         render_table(root)
 
 
+@pytest.mark.parametrize("token", ['"1"', "NaN", "5.0", "-3", "Infinity"])
+def test_cmd_report_rejects_a_hostile_accuracy_naming_file_and_field(tmp_path, capsys, token):
+    """A string, NaN, out-of-range or infinite accuracy is an error, not a 100%, 500% or blank cell."""
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURES / DS / "jpeg", root / DS / "jpeg")
+    bad = root / DS / "jpeg" / "linf-0.031" / "pgd.json"
+    rec = json.loads(bad.read_text())
+    rec["per_example"]["clean_correct"][0] = "@@"
+    bad.write_text(json.dumps(rec).replace('"@@"', token))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n", encoding="utf-8")
+    assert cmd_report(argparse.Namespace(results=root, readme=readme)) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad}: per_example.clean_correct[0]: ")
+    assert readme.read_text(encoding="utf-8") == f"{START}\n{END}\n"
+
+
 def test_cmd_report(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="gauntlet")
     add_parser(parser.add_subparsers(dest="command"))
