@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from benchmark.applicability import not_applicable
 from benchmark.streams import RowStreams
 from benchmark.threats import ThreatModel
 
@@ -133,25 +134,7 @@ class Attack:
                 A missing fact counts as unknown, and an attack that depends on it as
                 not applicable (results written before the fact was recorded).
         """
-        def fact(name: str, default: bool) -> bool:
-            value = facts.get(name)
-            return default if value is None else bool(value)
-
-        if cls.needs_reparameterization and not fact("reparameterization", False):
-            return "the defense exposes no reparameterization"
-        if cls.needs_randomness and not fact("randomized", False):
-            return "the defense is deterministic: EOT would repeat one gradient k times"
-        if cls.needs_non_differentiable and fact("differentiable", True):
-            return "every step is differentiable: BPDA would be the raw gradient"
-        if cls.deterministic_only and fact("randomized", True):
-            return "left out against randomized defenses, as in AutoAttack's version='rand'"
-        if cls.needs_rejection and not fact("rejects", False):
-            return "the defense never rejects an input"
-        if cls.needs_rejection and fact("abstains", False):
-            return "the defense's reject output is an abstention, which counts as an error"
-        if cls.needs_masked_gradients and fact("differentiable", True) and not fact("zero_gradients", False):
-            return "the defense's raw gradients are neither declared nor observed masked"
-        return None
+        return not_applicable(cls.traits(), facts)
 
     def run(self, defense: nn.Module, x: torch.Tensor, y: torch.Tensor,
             threat: ThreatModel, ctx: AttackContext) -> AttackResult:

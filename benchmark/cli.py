@@ -283,7 +283,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if problem:
         return _bad(problem)
     try:
-        index = build_site(args.results, args.site, args.submissions)
+        from benchmark.catalog import fallback_catalog
+
+        index = build_site(args.results, args.site, args.submissions, fallback_catalog(args.results))
     except ResultError as e:
         return _bad(str(e))
     print(f"site written: {index}")

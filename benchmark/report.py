@@ -88,7 +88,9 @@ def render_table(results_dir: Path) -> str:
     from benchmark.threats import FIXED_THREATS
     from leaderboard import aggregate as agg
 
-    board = agg.load_board(Path(results_dir))
+    from benchmark.catalog import fallback_catalog
+
+    board = agg.load_board(Path(results_dir), catalog=fallback_catalog(results_dir))
     threats = list(FIXED_THREATS) + [t for t in SWEEP_POINTS if any(r.threat == t for r in board.runs)]
     ranked = agg.leaderboard(board)
     header = ["Defense", "Dataset", "Examples", "Clean [95% interval]"] + [

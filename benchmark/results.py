@@ -136,10 +136,12 @@ def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Every result file under ``results_dir`` in sorted order (raises on a bad one).
 
     ``manifest.json`` files (the manifest facts the runner copies beside a defense's
-    results for the leaderboard) are not result files and are skipped.
+    results for the leaderboard) and the top-level ``attacks.json`` (the attack catalog,
+    :mod:`benchmark.catalog`) are not result files and are skipped.
     """
-    for path in sorted(Path(results_dir).rglob("*.json")):
-        if path.name == "manifest.json":
+    root = Path(results_dir)
+    for path in sorted(root.rglob("*.json")):
+        if path.name == "manifest.json" or (path.parent == root and path.name == "attacks.json"):
             continue
         yield path, read_result(path)
 

@@ -31,6 +31,7 @@ from typing import Any
 from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
 from benchmark.cascade import pruning_records, still_robust
+from benchmark.catalog import write_catalog
 from benchmark.config import RunConfig, RunSummary, resolve_device
 from benchmark.datasets import unavailable
 from benchmark.error_records import error_job_config, error_record
@@ -280,6 +281,7 @@ def run(cfg: RunConfig, progress: bool = True, executor: Executor | None = None)
                     cascade=cfg.cascade, certify=cfg.certify)
     with results_lock(cfg.results_dir):
         rf.remove_stale_temporaries(cfg.results_dir)
+        write_catalog(cfg.results_dir)  # the site reads the registry from here, not from attack code
         total = sum(len(v) for v in plan.attack_runs.values())
         own = executor is None
         executor = make_executor(cfg, device, profile, len(subs)) if own else executor

@@ -97,7 +97,9 @@ def render(results_dir: Path, submissions_dir: Path | None = None) -> str:
     results_dir = Path(results_dir)
     if not results_dir.is_dir() or not any(results_dir.rglob("*.json")):
         return f"## Gauntlet\n\nNo result files in `{md(results_dir)}`.\n"
-    board = load_board(results_dir, submissions_dir)
+    from benchmark.catalog import fallback_catalog
+
+    board = load_board(results_dir, submissions_dir, fallback_catalog(results_dir))
     profiles = sorted({str(r.record.get("profile")) for r in board.runs})
     commits = sorted({str((r.record.get("environment") or {}).get("commit"))[:10] for r in board.runs})
     out = ["## Gauntlet results", "",

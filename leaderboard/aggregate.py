@@ -21,10 +21,11 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.applicability import not_applicable
 from benchmark.intervals import overlap
 from benchmark.threats import FIXED_THREATS
 # Re-exported: callers load, score and judge results through this module.
-from leaderboard.board import (MANIFEST_FILE, Board, Run, attack_catalog, attack_order,  # noqa: F401
+from leaderboard.board import (MANIFEST_FILE, Board, Run, attack_order,  # noqa: F401
                                attack_traits, load_board)
 from leaderboard.claims import RULE as CLAIM_RULE  # noqa: F401
 from leaderboard.claims import claim_gap, context_reasons, pick_claim, verdict  # noqa: F401
@@ -48,8 +49,8 @@ def not_applicable_attacks(board: Board, dataset: str, defense: str) -> dict[str
     facts = defense_facts(board, dataset, defense)
     out = {}
     for a, c in board.catalog.items():
-        if facts and "not_applicable" in c:
-            reason = c["not_applicable"](facts)
+        if facts and c.get("traits"):
+            reason = not_applicable(c["traits"], facts)
         else:  # results without facts, or a hand-made catalog: only reparameterization is known
             reason = "the defense exposes no reparameterization" if c.get("needs_reparameterization") else None
         if reason is not None:

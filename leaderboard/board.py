@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmark import manifest as mf
+from benchmark.catalog import CATALOG_FILE
 from benchmark.records import ABSENT, check_model
 from benchmark.results import ResultError, iter_results
 from benchmark.threats import get_threat
@@ -109,8 +110,8 @@ class Board:
         results_dir: the folder read.
         runs: every result file, sorted by path.
         manifests: manifest facts per (dataset, defense), a JSON-ready dict.
-        catalog: attack id → {summary, params, gradient_free, needs_reparameterization, traits,
-            not_applicable(facts) -> reason or None}, in registry order (the methodology page,
+        catalog: attack id → {summary, params, gradient_free, needs_reparameterization, traits},
+            in registry order (:func:`read_catalog`) (the methodology page,
             the missing-attack rule, and the traits of records written before they carried
             ``attack.traits``).
     """
@@ -159,7 +160,7 @@ def load_board(results_dir: Path, submissions_dir: Path | None = None,
         results_dir: the runner's output folder.
         submissions_dir: where to find ``<defense>/manifest.yaml`` when the runner wrote
             no ``manifest.json``.
-        catalog: the attack catalog; default :func:`attack_catalog` (the registry).
+        catalog: the attack catalog; default :func:`read_catalog` (``attacks.json``).
 
     Returns:
         The indexed results.
@@ -179,7 +180,7 @@ def load_board(results_dir: Path, submissions_dir: Path | None = None,
     manifests = {}
     for key in sorted({(r.dataset, r.defense) for r in runs}):
         manifests[key] = _manifest(results_dir, submissions_dir, key, runs)
-    return Board(results_dir, runs, manifests, attack_catalog() if catalog is None else catalog)
+    return Board(results_dir, runs, manifests, read_catalog(results_dir, runs) if catalog is None else catalog)
 
 
 def _check(path: Path, run_id: str, record: dict[str, Any]) -> None:
@@ -251,20 +252,42 @@ def _manifest(results_dir: Path, submissions_dir: Path | None, key: tuple[str, s
     return {"id": defense, "name": name or defense}
 
 
-def attack_catalog() -> dict[str, dict[str, Any]]:
-    """Every registered attack with its summary, default parameters and traits
-    (``Attack.traits()``: naive_baseline, adaptive, needs_rejection, …), in registry order."""
-    from attacks.base import ATTACKS
-    from attacks.registry import attack_ids, make_attack
+def read_catalog(results_dir: Path, runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """The attack catalog: ``<results>/attacks.json`` as the runner wrote it (registry
+    order), else, for folders older than that file, one entry per attack id the records
+    name, with the summary, parameters and traits they recorded.
 
-    out = {}
-    for attack_id in attack_ids():
-        cls = ATTACKS.get(attack_id)
-        out[attack_id] = {"summary": cls.summary, "params": make_attack(attack_id).describe()["params"],
-                          "gradient_free": bool(cls.gradient_free),
-                          "needs_reparameterization": bool(cls.needs_reparameterization),
-                          "traits": dict(cls.traits()), "not_applicable": cls.not_applicable}
+    Raises:
+        ResultError: an unreadable or malformed ``attacks.json``.
+    """
+    path = Path(results_dir) / CATALOG_FILE
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))["attacks"]
+            return {str(a): _catalog_entry(a, c) for a, c in data.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ResultError(f"{path}: attacks: unreadable attack catalog ({type(e).__name__}: {e})") from None
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        attack = r.record.get("attack") if r.kind == "attack" else None
+        if isinstance(attack, dict) and attack.get("id") not in out:
+            out[str(attack["id"])] = {"summary": attack.get("summary") or attack["id"],
+                                      "params": dict(attack.get("params") or {}),
+                                      "gradient_free": bool((attack.get("traits") or {}).get("gradient_free")),
+                                      "needs_reparameterization": bool((attack.get("traits") or {}).get(
+                                          "needs_reparameterization")),
+                                      "traits": dict(attack.get("traits") or {})}
     return out
+
+
+def _catalog_entry(attack_id: str, c: dict[str, Any]) -> dict[str, Any]:
+    traits = c["traits"]
+    if not isinstance(traits, dict) or not all(isinstance(v, bool) for v in traits.values()):
+        raise ValueError(f"{attack_id}.traits: expected booleans")
+    if not isinstance(c["summary"], str) or not isinstance(c["params"], dict):
+        raise ValueError(f"{attack_id}: summary must be text and params an object")
+    return {"summary": c["summary"], "params": c["params"], "gradient_free": bool(c.get("gradient_free")),
+            "needs_reparameterization": bool(c.get("needs_reparameterization")), "traits": traits}
 
 
 def attack_traits(board: Board, record: dict[str, Any]) -> dict[str, bool]:

@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
+
+from benchmark.catalog import CATALOG_FILE
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from benchmark.datasets import DATASETS
@@ -35,7 +37,8 @@ THREAT_TITLE = {"linf-0.031": "ℓ∞, ε = 0.031", "l2-0.005": "ℓ2, ε = 0.00
 _TEXT_COLUMNS = ("name", "paper_title", "venue", "authors", "claim_source", "build_error")
 
 
-def build_site(results_dir: Path, site_dir: Path, submissions_dir: Path | None = None) -> Path:
+def build_site(results_dir: Path, site_dir: Path, submissions_dir: Path | None = None,
+               catalog: dict[str, dict[str, Any]] | None = None) -> Path:
     """Build the static site.
 
     Args:
@@ -49,7 +52,7 @@ def build_site(results_dir: Path, site_dir: Path, submissions_dir: Path | None =
     Raises:
         benchmark.results.ResultError: naming the file, for any unreadable result.
     """
-    board = agg.load_board(Path(results_dir), submissions_dir)
+    board = agg.load_board(Path(results_dir), submissions_dir, catalog)
     site = Path(site_dir)
     site.mkdir(parents=True, exist_ok=True)
     for sub in GENERATED:
@@ -179,6 +182,10 @@ def _copy_results(board: agg.Board, site: Path) -> None:
             dest = site / "results" / dataset / defense / agg.MANIFEST_FILE
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
+    catalog = board.results_dir / CATALOG_FILE
+    if catalog.is_file():
+        (site / "results").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(catalog, site / "results" / CATALOG_FILE)
 
 
 def _write_downloads(table: pd.DataFrame, site: Path) -> None:
