@@ -53,9 +53,26 @@ def _ray() -> Any:
     return ray
 
 
+def lane_slots(nodes: list[dict], unit: str, memory: int, memory_mb: int) -> int:
+    """Lanes the cluster holds at once: per live node, as many actors as both its units
+    (CPUs or GPUs) and its Ray memory allow.
+
+    Raises:
+        ValueError: no node can hold one lane (an actor would wait forever).
+    """
+    per_node = [min(int(n["Resources"].get(unit, 0)), int(n["Resources"].get("memory", 0) // memory))
+                for n in nodes if n.get("Alive")]
+    if sum(per_node) < 1:
+        largest = max((n["Resources"].get("memory", 0) for n in nodes if n.get("Alive")), default=0) / 2**20
+        raise ValueError(f"--job-memory: no live Ray node has one {unit} and {memory_mb} MiB of Ray memory "
+                         f"(largest: {largest:.0f} MiB); lower --job-memory or add nodes (an autoscaling "
+                         f"cluster must be scaled up first: docs/scale-out.md)")
+    return sum(per_node)
+
+
 class RayExecutor(LaneExecutor):
-    """Lanes as Ray actors; as many at once as the cluster's CPUs (GPUs for CUDA) and
-    memory hold.
+    """Lanes as Ray actors; as many at once as the live nodes' CPUs (GPUs for CUDA) and
+    memory hold (:func:`lane_slots`, counted when the run starts).
 
     Args:
         cfg: the run's configuration (``ray_address``: the cluster; None starts a local
@@ -75,10 +92,8 @@ class RayExecutor(LaneExecutor):
         gpu = device.startswith("cuda") or (device == "auto" and resources.get("GPU", 0) >= 1)
         self.device = ("cuda" if device == "auto" else device) if gpu else ("cpu" if device == "auto" else device)
         need = {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "memory": int(memory_mb) * 2**20}
-        by_unit = int(resources.get("GPU" if gpu else "CPU", 0))
-        by_memory = int(resources.get("memory", 0) // need["memory"])
-        slots = max(1, min(by_unit, by_memory))
-        super().__init__(slots, timeout_s, memory_mb)
+        super().__init__(lane_slots(ray.nodes(), "GPU" if gpu else "CPU", need["memory"], memory_mb),
+                         timeout_s, memory_mb)
         threads = None if gpu else 1
         self._host = ray.remote(LaneHost).options(**need, max_restarts=0, max_concurrency=2)
         self._args = (float(timeout_s), int(memory_mb), self.device, threads)

@@ -32,6 +32,7 @@ from attacks.registry import attack_ids, make_attack
 from benchmark import results as rf
 from benchmark.cascade import pruning_records, still_robust
 from benchmark.catalog import write_catalog
+from benchmark.code_hash import code_hash
 from benchmark.config import RunConfig, RunSummary, resolve_device
 from benchmark.datasets import unavailable
 from benchmark.error_records import error_job_config, error_record
@@ -90,6 +91,7 @@ class Orchestrator:
         self.waiting: list[JobSpec] = list(plan.specs)
         self.left = {lane: sum(1 for s in plan.specs if s.submission == lane) for lane in plan.lanes()}
         self.indices: dict[str, list[int]] = {}
+        self.code = code_hash()
         # Workers get absolute paths: a Ray worker's working directory is not ours.
         self.worker_cfg = replace(cfg, submissions_dir=Path(cfg.submissions_dir).resolve(),
                                   results_dir=self.results_dir.resolve(),
@@ -206,6 +208,12 @@ class Orchestrator:
 
     def _succeeded(self, spec: JobSpec, value: dict) -> None:
         status, record = value["status"], value.get("record")
+        if status == "computed" and record["config"].get("code") != self.code:
+            # A worker on another node with another checkout: its number is not this run's.
+            self._failed(spec, JobOutcome(False, None, f"the worker ran other code (harness hash "
+                                                       f"{record['config'].get('code')}, the driver's {self.code}): "
+                                                       f"every node must be on the driver's commit", "exception", 0.0))
+            return
         if status == "computed":
             rf.write_result(self.results_dir, record)
             self.summary.written.append(spec.run_id)

@@ -305,3 +305,29 @@ def test_results_and_manifest_facts_are_written_by_the_orchestrator_only():
     for name in ("jobs", "worker"):
         text = (ROOT / "benchmark" / f"{name}.py").read_text()
         assert "write_result" not in text and "write_text" not in text, name
+
+
+def test_ray_lanes_are_counted_per_node_and_a_lane_that_fits_nowhere_is_refused():
+    """An actor whose memory fits on no node would wait forever: refused up front."""
+    from benchmark.ray_executor import lane_slots
+
+    gib = 2**30
+    nodes = [{"Alive": True, "Resources": {"GPU": 4, "CPU": 8, "memory": 40 * gib}},  # memory-bound: 2
+             {"Alive": True, "Resources": {"GPU": 1, "CPU": 8, "memory": 64 * gib}},  # GPU-bound: 1
+             {"Alive": False, "Resources": {"GPU": 8, "memory": 512 * gib}},  # dead: none
+             {"Alive": True, "Resources": {"CPU": 16, "memory": 512 * gib}}]  # no GPU: none
+    assert lane_slots(nodes, "GPU", 16 * gib, 16384) == 3
+    with pytest.raises(ValueError, match=r"--job-memory: no live Ray node has one GPU and 131072 MiB"):
+        lane_slots(nodes, "GPU", 128 * gib, 131072)
+
+
+def test_a_record_computed_by_other_code_is_not_written(subs, tmp_path, monkeypatch):
+    """A node on another commit computes with another harness: its records are refused
+    (an error record each), never mixed into this run's results."""
+    import benchmark.runner as runner
+
+    monkeypatch.setattr(runner, "code_hash", lambda: "0" * 16)  # the driver's checkout differs
+    summary = run(_cfg(subs, tmp_path / "results", isolate=False, attacks=("fgsm",)), progress=False)
+    assert summary.written == [] and summary.errors
+    assert all("the worker ran other code" in e for e in summary.errors), summary.errors
+    assert {r["kind"] for r in _files(tmp_path / "results").values()} == {"error"}
