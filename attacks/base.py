@@ -75,8 +75,15 @@ class Attack:
     #: (gradient estimation, e.g. SPSA, is the field's answer to masked gradients).
     needs_masked_gradients: ClassVar[bool] = False
     #: True when the attack crafts its inputs on an undefended model of the dataset
-    #: (``AttackContext.surrogate``, which the runner builds only for such attacks).
+    #: (``AttackContext.surrogate``, which the runner builds only for such attacks): not
+    #: applicable where the project declares no surrogate (:mod:`benchmark.surrogates`).
     needs_surrogate: ClassVar[bool] = False
+
+    #: Budget floors (:mod:`attacks.budgets`): budget parameter → the lowest value a
+    #: manifest's ``attack_overrides`` may give it (never above the default). A parameter
+    #: not listed cannot be overridden; a floor equal to the default fixes it, and an
+    #: attack whose every floor is its default always runs at its full budget.
+    FLOORS: ClassVar[dict[str, float]] = {}
 
     # -- traits read by flags, sweeps, the naive baseline and the leaderboard -----------
     # Recorded in every result file (:meth:`traits`), so no consumer keeps a list of ids.
@@ -145,7 +152,7 @@ class Attack:
 #: Names of the boolean traits every attack class declares (:meth:`Attack.traits`).
 TRAITS = ("gradient_free", "adaptive", "naive_baseline", "one_step", "random_sampling", "needs_rejection",
           "needs_randomness", "needs_non_differentiable", "needs_reparameterization", "needs_masked_gradients",
-          "deterministic_only")
+          "deterministic_only", "needs_surrogate")
 
 
 def defense_facts(defense: nn.Module) -> dict[str, bool]:

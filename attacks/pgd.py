@@ -127,6 +127,9 @@ class PGD(Attack):
     naive_baseline = True
     bpda = False
     eot_default = 1
+    #: Every budget at its default: α = 2.5·ε/40 is tied to the 40 steps (Madry et al.'s
+    #: rule), so fewer steps would not cross the ball, and one run, one draw are minimal.
+    FLOORS = {"steps": 40, "restarts": 1, "eot": 1}
 
     @dataclass(frozen=True)
     class Params:
@@ -170,6 +173,8 @@ class FGSM(PGD):
     summary = "FGSM, one step, raw gradients"
     naive_baseline = False
     one_step = True
+    #: One step is what FGSM is: nothing to lower.
+    FLOORS = {"steps": 1, "restarts": 1, "eot": 1}
 
     @dataclass(frozen=True)
     class Params(PGD.Params):
@@ -204,6 +209,9 @@ class PGDEOT(PGD):
     needs_randomness = True
     naive_baseline = False
     adaptive = True
+    #: Draws per gradient may drop to 2, the fewest that still average the randomness
+    #: (k = 1 is the non-EOT twin, which runs anyway); steps and runs as PGD's.
+    FLOORS = {"steps": 40, "restarts": 1, "eot": 2}
 
     @dataclass(frozen=True)
     class Params(PGD.Params):

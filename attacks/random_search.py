@@ -79,6 +79,9 @@ class RandomSearch(Attack):
     summary = "Uniform random sampling in the ball (100 points per example)"
     gradient_free = True
     random_sampling = True
+    #: At its default: the black-box attack that applies to every defense, so a
+    #: full-budget black-box attack always runs (:mod:`attacks.budgets`).
+    FLOORS = {"samples": 100}
 
     @dataclass(frozen=True)
     class Params:

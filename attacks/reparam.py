@@ -77,6 +77,8 @@ class Reparam(Attack):
     adaptive = True
     summary = "Reparameterized attack through the defense's generator (Athalye et al. §4.3)"
     needs_reparameterization = True
+    #: At its default: the adaptive attack of the defenses it applies to.
+    FLOORS = {"steps": 100}
 
     @dataclass(frozen=True)
     class Params:

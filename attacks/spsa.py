@@ -230,6 +230,10 @@ class SPSA(Attack):
     gradient_free = True
     deterministic_only = True
     needs_masked_gradients = True
+    #: 10 iterations: 1/(1 − β₁) with Adam's β₁ = 0.9, the horizon of its first-moment
+    #: average (fewer steps never average a full window of estimates); 32 rows per
+    #: estimate (16 ± pairs): a quarter of cleverhans' ``DEFAULT_SPSA_SAMPLES``.
+    FLOORS = {"iterations": 10, "samples": 32}
 
     @dataclass(frozen=True)
     class Params:

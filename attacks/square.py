@@ -246,6 +246,11 @@ class Square(Attack):
     summary = "Square Attack, score based, 5000 queries"
     gradient_free = True
     deterministic_only = True
+    #: 250 queries: from there on every phase of the p schedule spans at least one query
+    #: (it is rescaled to 10,000 iterations, and its shortest phase after the first,
+    #: rescaled iterations 10-50, is 1/250 of it; :func:`p_schedule`), so every square
+    #: size the reference schedule uses is tried.
+    FLOORS = {"n_queries": 250}
 
     @dataclass(frozen=True)
     class Params:

@@ -31,6 +31,9 @@ class Transfer(Attack):
     summary = "Transfer from an undefended surrogate (PGD, 100 steps)"
     gradient_free = True
     needs_surrogate = True
+    #: Every budget at its default: the defense is queried once whatever the steps (they
+    #: cost surrogate passes only), so lowering them would save the defense nothing.
+    FLOORS = {"steps": 100, "restarts": 1}
 
     @dataclass(frozen=True)
     class Params:

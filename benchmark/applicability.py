@@ -15,7 +15,10 @@ def not_applicable(traits: Mapping[str, Any], facts: Mapping[str, Any]) -> str |
     """Why an attack with ``traits`` does not run against a defense with ``facts``, or None.
 
     A missing fact counts as unknown, and an attack that depends on it as not applicable
-    (results written before the fact was recorded); a missing trait as False.
+    (results written before the fact was recorded); a missing trait as False. The one
+    exception is ``surrogate`` (whether the project declares a surrogate model for the
+    dataset, :mod:`benchmark.surrogates`): results written before it was recorded were run
+    with a surrogate whenever one existed, so a missing ``surrogate`` counts as present.
     """
     def fact(name: str, default: bool) -> bool:
         value = facts.get(name)
@@ -38,4 +41,6 @@ def not_applicable(traits: Mapping[str, Any], facts: Mapping[str, Any]) -> str |
         return "the defense's reject output is an abstention, which counts as an error"
     if needs("needs_masked_gradients") and fact("differentiable", True) and not fact("zero_gradients", False):
         return "the defense's raw gradients are neither declared nor observed masked"
+    if needs("needs_surrogate") and not fact("surrogate", True):
+        return "the project declares no surrogate model for this dataset (benchmark/surrogates.py)"
     return None

@@ -15,7 +15,8 @@ CATALOG_FILE = "attacks.json"
 
 
 def attack_catalog() -> dict[str, dict[str, Any]]:
-    """attack id → {summary, params, gradient_free, needs_reparameterization, traits}."""
+    """attack id → {summary, params, gradient_free, needs_reparameterization, traits, floors}
+    (``floors``: budget parameter → the lowest value an override may set, :mod:`attacks.budgets`)."""
     from attacks.base import ATTACKS
     from attacks.registry import attack_ids, make_attack
 
@@ -25,7 +26,7 @@ def attack_catalog() -> dict[str, dict[str, Any]]:
         out[attack_id] = {"summary": cls.summary, "params": make_attack(attack_id).describe()["params"],
                           "gradient_free": bool(cls.gradient_free),
                           "needs_reparameterization": bool(cls.needs_reparameterization),
-                          "traits": dict(cls.traits())}
+                          "traits": dict(cls.traits()), "floors": dict(cls.FLOORS)}
     return out
 
 

@@ -27,9 +27,10 @@ from benchmark.datasets import get_dataset
 from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
 from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.profiles import Profile
-from benchmark.registry import Submission, build_defense, manifest_paths, validate
+from benchmark.registry import Submission, build_defense
 from benchmark.scoring import Scores, declared_randomness_check, score
 from benchmark.streams import RowStreams
+from benchmark.surrogates import has_surrogate
 from benchmark.threats import ThreatModel
 
 #: What a job returns: (status, record or None).
@@ -92,9 +93,10 @@ class SubmissionRun:
     def facts(self) -> dict[str, bool]:
         """:func:`attacks.base.defense_facts`, with the observed-gradients fact measured
         first, so that every record of the submission (attack, certify, flags) carries the
-        same facts whichever job a worker runs first."""
+        same facts whichever job a worker runs first; plus ``surrogate``: whether the
+        project declares a surrogate for the dataset (:mod:`benchmark.surrogates`)."""
         self.gradients  # noqa: B018 - measures and sets zero_gradients on first use
-        return defense_facts(self.defense)
+        return {**defense_facts(self.defense), "surrogate": has_surrogate(self.dataset.id)}
 
     # -- common record fields ----------------------------------------------------------
 
@@ -316,16 +318,21 @@ def flags_job(run: SubmissionRun, threat: ThreatModel, records: dict[str, dict],
 
 
 def surrogate_loader(cfg: RunConfig, dataset_id: str, device: torch.device) -> Callable[[], nn.Module | None]:
-    """The transfer attack's surrogate, built on first use: the first valid ``standard-*``
-    submission of the dataset without a preprocessing pipeline (an undefended model)."""
+    """The transfer attack's surrogate, built on first use: the project's surrogate of the
+    dataset (:mod:`benchmark.surrogates`), loaded from the repository, never from
+    ``cfg.submissions_dir``; None when the project declares none (the transfer attack is
+    then not applicable: the ``surrogate`` fact).
+
+    Raises (on first use):
+        benchmark.surrogates.SurrogateError: the declared surrogate is missing or invalid.
+    """
+    from benchmark.surrogates import load_surrogate
+
     cache: list[nn.Module | None] = []
 
     def load() -> nn.Module | None:
         if not cache:
-            subs, _ = validate(manifest_paths([cfg.submissions_dir]), check_weights=False)
-            std = [s for s in subs if s.manifest.dataset == dataset_id and s.id.startswith("standard-")
-                   and s.manifest.defense is None]
-            cache.append(build_defense(std[0], device) if std else None)
+            cache.append(load_surrogate(dataset_id, device))
         return cache[0]
 
     return load

@@ -119,15 +119,18 @@ def flag_docs(board: Board) -> dict[str, str]:
 # -- budgets and profiles ------------------------------------------------------------------
 
 def budget_change(board: Board, attack_id: str, params: dict[str, Any]) -> str:
-    """``eot 10 → 4, steps 100 → 20``: the parameters that differ from the registry's
-    defaults (a parameter without a known default is shown as ``name = value``)."""
-    default = (board.catalog.get(attack_id) or {}).get("params") or {}
+    """``eot 10 → 4 (floor 2), n_queries 5000 → 500``: the parameters that differ from the
+    registry's defaults, with the lowest value an override may set when the catalog
+    records it (a parameter without a known default is shown as ``name = value``)."""
+    entry = board.catalog.get(attack_id) or {}
+    default, floors = entry.get("params") or {}, entry.get("floors") or {}
     parts = []
     for k, v in params.items():
         if k not in default:
             parts.append(f"{k} = {_fmt(v)}")
         elif default[k] != v:
-            parts.append(f"{k} {_fmt(default[k])} → {_fmt(v)}")
+            floor = f" (floor {_fmt(floors[k])})" if k in floors else ""
+            parts.append(f"{k} {_fmt(default[k])} → {_fmt(v)}{floor}")
     return ", ".join(parts)
 
 

@@ -110,7 +110,7 @@ class Board:
         results_dir: the folder read.
         runs: every result file, sorted by path.
         manifests: manifest facts per (dataset, defense), a JSON-ready dict.
-        catalog: attack id → {summary, params, gradient_free, needs_reparameterization, traits},
+        catalog: attack id → {summary, params, gradient_free, needs_reparameterization, traits, floors},
             in registry order (:func:`read_catalog`) (the methodology page,
             the missing-attack rule, and the traits of records written before they carried
             ``attack.traits``).
@@ -286,8 +286,13 @@ def _catalog_entry(attack_id: str, c: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{attack_id}.traits: expected booleans")
     if not isinstance(c["summary"], str) or not isinstance(c["params"], dict):
         raise ValueError(f"{attack_id}: summary must be text and params an object")
+    floors = c.get("floors", {})  # budget floors: catalogs written before them have none
+    if not isinstance(floors, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in floors.values()):
+        raise ValueError(f"{attack_id}.floors: expected numbers")
     return {"summary": c["summary"], "params": c["params"], "gradient_free": bool(c.get("gradient_free")),
-            "needs_reparameterization": bool(c.get("needs_reparameterization")), "traits": traits}
+            "needs_reparameterization": bool(c.get("needs_reparameterization")), "traits": traits,
+            "floors": floors}
 
 
 def attack_traits(board: Board, record: dict[str, Any]) -> dict[str, bool]:

@@ -6,15 +6,16 @@ import torch
 from torch import nn
 
 from attacks.base import AttackContext, AttackResult
-from attacks.registry import make_attack
+from attacks.registry import make_attack_unchecked
 from defenses.pipeline import Step
 
 
 def run_attack(attack_id: str, defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat, seed: int = 0,
                surrogate: nn.Module | None = None, **params) -> AttackResult:
-    """Run a registered attack (``params`` override its defaults) with a seeded generator."""
+    """Run a registered attack (``params`` override its defaults, floors not applied) with a
+    seeded generator."""
     ctx = AttackContext(generator=torch.Generator().manual_seed(seed), surrogate=surrogate)
-    return make_attack(attack_id, **params).run(defense, x, y, threat, ctx)
+    return make_attack_unchecked(attack_id, **params).run(defense, x, y, threat, ctx)
 
 
 class OpaqueIdentity(Step):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackContext
-from attacks.registry import make_attack
+from attacks.registry import make_attack, make_attack_unchecked
 from benchmark.threats import ThreatModel
 from defenses.models import LinearClassifier
 from defenses.pipeline import Defense, Step
@@ -50,7 +50,7 @@ def still_correct(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tor
 
 def run(attack_id: str, defense, x, y, threat, seed: int = 0, surrogate=None, **params):
     ctx = AttackContext(generator=torch.Generator().manual_seed(seed), surrogate=surrogate)
-    return make_attack(attack_id, **params).run(defense, x, y, threat, ctx)
+    return make_attack_unchecked(attack_id, **params).run(defense, x, y, threat, ctx)
 
 
 # -- random ----------------------------------------------------------------------------

@@ -157,14 +157,14 @@ def test_naive_pgd_fails_and_bpda_breaks_it(committed, mnist_test_slice) -> None
     ε ≤ ε_defend on MNIST it mostly can (measured: BPDA leaves 0.90 at ε = 0.1).
     """
     from attacks.base import AttackContext
-    from attacks.registry import make_attack
+    from attacks.registry import make_attack_unchecked
     from benchmark.threats import ThreatModel
 
     x, y = mnist_test_slice[0][:10], mnist_test_slice[1][:10]
     threat = ThreatModel("linf", 0.3)
     acc = {}
     for attack_id in ("pgd", "pgd-bpda"):
-        attack = make_attack(attack_id, steps=20, step_size=2.5 / 20)
+        attack = make_attack_unchecked(attack_id, steps=20, step_size=2.5 / 20)
         x_adv = attack.run(committed, x, y, threat, AttackContext(torch.Generator().manual_seed(0))).x_adv
         with torch.no_grad():
             acc[attack_id] = (committed(x_adv).argmax(1) == y).float().mean().item()

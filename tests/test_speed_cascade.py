@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from attacks.base import AttackContext
-from attacks.registry import attack_ids, make_attack
+from attacks.registry import attack_ids, make_attack, make_attack_unchecked
 from benchmark import cascade
 from benchmark.flags import worst_case_accuracy
 from benchmark.runner import RunConfig, run
@@ -108,7 +108,7 @@ def test_an_examples_attack_does_not_depend_on_the_examples_beside_it(standard, 
     batch of three and alone (deterministic defense), so dropping broken examples (early
     exit, the cascade) changes no other example's result."""
     defense, x, y, keys = standard
-    attack = make_attack(attack_id, **params)
+    attack = make_attack_unchecked(attack_id, **params)
     threat = get_threat("linf-0.1")
 
     def attack_rows(rows: list[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackContext
-from attacks.registry import make_attack
+from attacks.registry import make_attack_unchecked
 from attacks.square import eta_pattern, p_schedule
 from benchmark.threats import ThreatModel
 from defenses.models import LinearClassifier
@@ -19,7 +19,7 @@ from tests.linear import exact_distance, linear_problem, still_correct
 
 def run(model, x, y, threat, seed: int = 0, **params):
     ctx = AttackContext(generator=torch.Generator().manual_seed(seed))
-    return make_attack("square", **params).run(model, x, y, threat, ctx)
+    return make_attack_unchecked("square", **params).run(model, x, y, threat, ctx)
 
 
 class NoGradient(torch.autograd.Function):
