@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from benchmark.cli import main
 from benchmark.config import RunConfig
 from benchmark.manifest import MAX_DEPTH, MAX_MANIFEST_BYTES, MAX_TEXT_CHARS, ManifestError, parse_manifest
 from benchmark.registry import check_factory, factory_specs, load_submission, manifest_paths, resolve, validate
+from tests.test_manifest import _edit
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HOSTILE = FIXTURES / "hostile-manifests"
@@ -35,17 +35,6 @@ def hostile(tmp_path: Path) -> Path:
     return dst
 
 
-def _edit(folder: Path, **changes) -> Path:
-    path = folder / "manifest.yaml"
-    data = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def _cli(capsys, argv: list[str]) -> tuple[int, list[str]]:
