@@ -91,6 +91,8 @@ class Orchestrator:
         self.waiting: list[JobSpec] = list(plan.specs)
         self.left = {lane: sum(1 for s in plan.specs if s.submission == lane) for lane in plan.lanes()}
         self.indices: dict[str, list[int]] = {}
+        #: run id → the readable record on disk when its job was handed out.
+        self.on_disk: dict[str, dict] = {}
         self.code = code_hash()
         # Workers get absolute paths: a Ray worker's working directory is not ours.
         self.worker_cfg = replace(cfg, submissions_dir=Path(cfg.submissions_dir).resolve(),
@@ -119,6 +121,8 @@ class Orchestrator:
 
     def _inputs(self, spec: JobSpec) -> JobInputs:
         existing = _existing(self.results_dir, spec.run_id) if spec.kind != "prepare" else None
+        if existing is not None:  # read once: a reused job's record is this one
+            self.on_disk[spec.run_id] = existing
         known = existing["config_hash"] if existing and existing["kind"] != "error" else None
         if spec.kind == "attack":
             base = {r["attack"]["id"]: r for r in self._records(spec.baselines)}
@@ -198,7 +202,7 @@ class Orchestrator:
     def _write_error(self, sub: Submission, run_id: str, outcome: JobOutcome, config: dict) -> bool:
         """Write the failure's error record unless a valid result is there (then keep it and
         return True): a failing re-run never replaces a finished result."""
-        previous = _existing(self.results_dir, run_id)
+        previous = self.on_disk.pop(run_id) if run_id in self.on_disk else _existing(self.results_dir, run_id)
         if previous is not None and previous["kind"] != "error":
             return True
         rf.write_result(self.results_dir, error_record(self.cfg, sub, run_id, outcome, config, self.device,
@@ -215,13 +219,14 @@ class Orchestrator:
                                                        f"every node must be on the driver's commit", "exception", 0.0))
             return
         if status == "computed":
+            self.on_disk.pop(spec.run_id, None)
             rf.write_result(self.results_dir, record)
             self.summary.written.append(spec.run_id)
         elif status == "reused":
-            record = rf.read_result(rf.result_path(self.results_dir, spec.run_id))
+            record = self.on_disk.pop(spec.run_id)
             self.summary.skipped.append(spec.run_id)
         elif status == "not-applicable":
-            stale = _existing(self.results_dir, spec.run_id)
+            stale = self.on_disk.pop(spec.run_id, None)
             if stale is not None and stale["kind"] == "error":  # an old failure of a job that no longer runs
                 rf.result_path(self.results_dir, spec.run_id).unlink()
         else:
