@@ -7,9 +7,10 @@ importing the attack registry: the site runs no attack code.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from benchmark.results import write_json
 
 CATALOG_FILE = "attacks.json"
 
@@ -32,12 +33,7 @@ def attack_catalog() -> dict[str, dict[str, Any]]:
 
 def write_catalog(results_dir: Path) -> Path:
     """Atomically write the current registry's catalog beside the results."""
-    path = Path(results_dir) / CATALOG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{CATALOG_FILE}.tmp")
-    tmp.write_text(json.dumps({"attacks": attack_catalog()}, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json(Path(results_dir) / CATALOG_FILE, {"attacks": attack_catalog()}, sort_keys=False)
 
 
 def fallback_catalog(results_dir: Path) -> dict[str, dict[str, Any]] | None:

@@ -60,8 +60,16 @@ def write_result(results_dir: Path, record: dict[str, Any]) -> Path:
     """
     path = result_path(results_dir, record["run_id"])
     records.validate(record, str(path))
+    return write_json(path, record)
+
+
+def write_json(path: Path, data: Any, sort_keys: bool = True) -> Path:
+    """Atomically write ``data`` as JSON at ``path`` (a temporary file in the same folder,
+    fsynced, then renamed; :func:`remove_stale_temporaries` removes one a kill left).
+    ``sort_keys=False`` keeps an order that means something (the catalog's registry order)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(data, indent=1, sort_keys=sort_keys, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

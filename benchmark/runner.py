@@ -22,7 +22,6 @@ here imports submitted code.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -55,11 +54,7 @@ def _write_manifest_facts(sub: Submission, results_dir: Path) -> None:
     (which never reads submitted code)."""
     facts = sub.manifest.model_dump(mode="json", by_alias=True)
     facts["manifest_sha256"] = sub.manifest_sha256
-    path = Path(results_dir) / sub.manifest.dataset / sub.id / "manifest.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    rf.write_json(Path(results_dir) / sub.manifest.dataset / sub.id / "manifest.json", facts)
 
 
 def _existing(results_dir: Path, run_id: str) -> dict | None:
