@@ -56,9 +56,15 @@ class AdaptiveView(nn.Module):
         self.pipeline = _is_pipeline(defense)
         #: Run the classifier on channels-last input (None: not tried yet).
         self.channels_last: bool | None = None
+        #: A defense that lives elsewhere (a sandbox, :mod:`benchmark.remote`) computes its
+        #: view where it lives: the same steps, approximations and draws, one call.
+        served = getattr(defense, "served_view", None)
+        self.served = served(self.bpda, self.eot) if callable(served) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (k, N, C'): k draws of the exact defense, adapted gradients."""
+        if self.served is not None:
+            return self.served(x)
         n = x.shape[0]
         h = x.repeat(self.eot, *([1] * (x.dim() - 1))) if self.eot > 1 else x
         steps = getattr(self.defense, "steps", None) if self.pipeline else None

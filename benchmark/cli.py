@@ -38,6 +38,7 @@ EXIT_OK, EXIT_JOBS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 _OPTIONS = {"submissions_dir": "--submissions", "results_dir": "--results", "data_dir": "--data-dir",
             "defenses": "--defense", "attacks": "--attack", "threats": "--threat",
             "job_timeout_s": "--job-timeout", "job_memory_mb": "--job-memory", "isolate": "--no-isolation",
+            "sandbox": "--unsafe-no-sandbox",
             "sweep": "--no-sweep", "certify": "--no-certify", "cascade": "--no-cascade"}
 
 
@@ -83,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-isolation", action="store_true",
                    help="run jobs in this process (debugging; no time or memory limits); "
                         "same as --executor in-process")
+    r.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run submitted code without bubblewrap, with your own privileges (only for "
+                        "code you trust, e.g. your own defense; results are recorded as unsandboxed)")
     r.add_argument("--executor", choices=("local", "in-process", "ray"), default=None,
                    help="where jobs run: local worker processes with limits (default), in-process, or ray")
     r.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -343,7 +347,7 @@ def _run_config(args: argparse.Namespace) -> Any:
                          isolate=not args.no_isolation, job_timeout_s=args.job_timeout,
                          job_memory_mb=args.job_memory, workers=args.workers, cascade=not args.no_cascade,
                          executor=args.executor or ("in-process" if args.no_isolation else "local"),
-                         ray_address=args.ray_address)
+                         ray_address=args.ray_address, sandbox="none" if args.unsafe_no_sandbox else "bwrap")
     except ConfigError as e:
         raise ValueError(_config_problem(e)) from None
 
@@ -380,6 +384,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.datasets import DatasetError
     from benchmark.manifest import ManifestError
     from benchmark.results import ResultError
+    from benchmark.sandbox import SandboxUnavailable
 
     try:
         cfg = _run_config(args)
@@ -392,6 +397,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = runner.run(cfg, progress=not args.quiet)
     except ManifestError as e:
         return _bad(e.problems)
+    except SandboxUnavailable as e:
+        return _bad(f"sandbox: {e}")
     except (KeyError, ValueError, DatasetError) as e:
         return _bad(_config_problem(e) if hasattr(e, "field") else _message(e))
     for line in summary.unavailable:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from benchmark.profiles import PROFILES
+from benchmark.sandbox import SANDBOX_MODES
 from benchmark.threats import FIXED_THREATS, get_threat
 
 #: Where jobs can run (:attr:`RunConfig.executor`).
@@ -97,6 +98,10 @@ class RunConfig:
     #: Where jobs run (:mod:`benchmark.executors`): "local" (worker processes with time
     #: and memory limits), "in-process" (debugging; same as ``isolate=False``) or "ray".
     executor: str = "local"
+    #: Where submitted code runs (:mod:`benchmark.sandbox`): "bwrap" (bubblewrap, one
+    #: sandbox per submission, reached through logits and VJPs) or "none" (built in the
+    #: worker with the runner's privileges: ``--unsafe-no-sandbox``).
+    sandbox: str = "bwrap"
     #: The Ray cluster to join (``ray.init(address=...)``); None: start a local one.
     #: Only with ``executor="ray"``.
     ray_address: str | None = None
@@ -138,6 +143,8 @@ class RunConfig:
             raise ConfigError("job_timeout_s", f"must be a finite number of seconds > 0, got {t!r}")
         _count("job_memory_mb", self.job_memory_mb, optional=True)
         _count("workers", self.workers, optional=True)
+        if self.sandbox not in SANDBOX_MODES:
+            raise ConfigError("sandbox", f"unknown sandbox {self.sandbox!r}; known: {', '.join(SANDBOX_MODES)}")
         self._check_executor()
 
     def _check_executor(self) -> None:

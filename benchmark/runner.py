@@ -265,9 +265,16 @@ def run(cfg: RunConfig, progress: bool = True, executor: Executor | None = None)
         benchmark.manifest.ManifestError: a requested manifest is invalid (nothing is run).
         KeyError: an unknown attack, defense or threat id was requested.
         benchmark.lock.ResultsLocked: another run holds the results folder.
+        benchmark.sandbox.SandboxUnavailable: ``cfg.sandbox`` is "bwrap" and bubblewrap
+            is missing or cannot run here (checked on this machine; a Ray node without it
+            fails its jobs).
     """
     from tqdm import tqdm
 
+    if cfg.sandbox == "bwrap":
+        from benchmark.sandbox import check_bwrap
+
+        check_bwrap()
     profile = get_profile(cfg.profile)
     # A Ray cluster's workers resolve the device on their own nodes (the driver may have no GPU).
     device = cfg.device if cfg.executor == "ray" and cfg.isolate else str(resolve_device(cfg.device))

@@ -38,8 +38,17 @@ class Scores:
 @torch.no_grad()
 def predict(defense: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Predicted labels in batches (one draw); ``C`` (the last index) means reject."""
-    out = [defense(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
+    return _predict(defense, x, batch_size)[0]
+
+
+def _predict(defense: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+    """Predicted labels and the number of outputs (the reject index + 1 of a detector)."""
+    out, width = [], 0
+    for i in range(0, len(x), batch_size):
+        logits = defense(x[i:i + batch_size])
+        width = int(logits.shape[1])
+        out.append(logits.argmax(1))
+    return (torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)), width
 
 
 @torch.no_grad()
@@ -53,9 +62,9 @@ def score(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int,
     rejected = torch.zeros_like(correct)
     correct_all = torch.ones_like(correct)
     survives_all = torch.ones_like(correct)
-    reject_index = int(defense(x[:1]).shape[1]) - 1 if rejects and len(x) else -1
     for _ in range(r):
-        pred = predict(defense, x, batch_size)
+        pred, width = _predict(defense, x, batch_size)
+        reject_index = width - 1 if rejects else -1
         ok = (pred == y).float()
         rej = (pred == reject_index).float() if rejects else torch.zeros_like(ok)
         correct += ok

