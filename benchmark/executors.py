@@ -39,7 +39,9 @@ class InProcessExecutor(LaneExecutor):
         return None if self._active else lane
 
     def _release(self, lane: str, slot: Any) -> None:
-        return None
+        from benchmark.worker import release
+
+        release()  # the lane's submission is done: stop its sandboxes now
 
     def _start(self, slot: Any, task: Task) -> None:
         self._started.append(task)

@@ -85,7 +85,10 @@ def command(folder: str | Path, device: str = "cpu") -> list[str]:
     """The ``bwrap`` command line (up to the program) for a submission's ``folder``."""
     from benchmark.datasets import files_in_environment
 
-    args = [check_bwrap(), *_namespaces(), "--ro-bind", "/usr", "/usr"]
+    # The private mounts first: bwrap applies its options in order, and a submission folder
+    # under /tmp must stay visible on top of the private /tmp.
+    args = [check_bwrap(), *_namespaces(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
+            "--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         p = Path("/") / name
         if p.is_symlink():
@@ -105,7 +108,8 @@ def command(folder: str | Path, device: str = "cpu") -> list[str]:
     for hidden in files_in_environment():
         if Path(hidden).is_dir():
             args += ["--tmpfs", str(hidden)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    # The skeleton bwrap builds for the mount points (/work/main/…) is a tmpfs: read-only too.
+    args += ["--remount-ro", "/", "--chdir", "/"]
     if str(device).startswith("cuda"):
         for dev in sorted(Path("/dev").glob("nvidia*")):
             args += ["--dev-bind", str(dev), str(dev)]

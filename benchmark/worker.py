@@ -49,9 +49,7 @@ def submission_run(cfg: RunConfig, sub_id: str) -> SubmissionRun:
     key = (cfg, sub_id)
     if _CACHE.get("key") == key:
         return _CACHE["run"]
-    if "run" in _CACHE:  # stop the previous defense's sandboxes before building the next one
-        _CACHE["run"].close()
-    _CACHE.clear()
+    release()  # stop the previous defense's sandboxes before building the next one
     from benchmark.config import resolve_device
     from benchmark.jobs import SubmissionRun, surrogate_loader
     from benchmark.manifest import ManifestError
@@ -67,6 +65,14 @@ def submission_run(cfg: RunConfig, sub_id: str) -> SubmissionRun:
                         surrogate_loader(cfg, sub.manifest.dataset, device))
     _CACHE.update(key=key, run=run)
     return run
+
+
+def release() -> None:
+    """Forget the cached submission, stopping its defense's sandboxes."""
+    run = _CACHE.pop("run", None)
+    _CACHE.clear()
+    if run is not None:
+        run.close()
 
 
 def prepared(run: SubmissionRun) -> dict[str, Any]:
