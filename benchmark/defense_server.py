@@ -114,8 +114,11 @@ class Server:
                     return
                 reply, out = self.handle(op, header, tensors)
             except Exception as e:  # the defense's own failure: reported, the server lives on
+                from benchmark.isolation import _is_memory_error
+
                 line = f"{type(e).__name__}: {e}".splitlines()[0][:2000] if str(e) else type(e).__name__
-                self.ch.send({"ok": False, "error": line, "traceback": traceback.format_exc()[-8000:]})
+                self.ch.send({"ok": False, "error": line, "kind": "memory" if _is_memory_error(e) else None,
+                              "traceback": traceback.format_exc()[-8000:]})
                 continue
             self.ch.send({"ok": True, **reply}, out)
 

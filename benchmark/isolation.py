@@ -8,8 +8,9 @@ a pipe: a ``"module:function"`` name and picklable arguments. The parent watches
 job and kills the worker, with every process it started, when
 
 * the job has not answered within ``timeout_s`` seconds (kind ``"timeout"``);
-* the resident memory (``VmRSS`` in ``/proc/<pid>/status``) of the worker and its
-  descendants exceeds ``memory_mb`` MiB (kind ``"memory"``);
+* the memory the worker and its descendants (its sandboxes included) hold of their own
+  exceeds ``memory_mb`` MiB (kind ``"memory"``; :func:`private_mb`: anonymous pages, a
+  forked server counted beyond its zygote);
 
 and records a worker that dies (``os._exit``, a signal such as SIGSEGV, the kernel's
 OOM killer) as kind ``"crash"`` and a raised exception as kind ``"exception"`` (or
@@ -125,6 +126,16 @@ def _vm_size_bytes() -> int | None:
     return None
 
 
+def _kind_of(e: BaseException) -> str | None:
+    """The outcome kind an exception stands for, beyond "exception": "memory" for memory
+    errors; an exception's own ``outcome_kind`` (a sandboxed defense whose process died is
+    a "crash": its worker is replaced, with fresh sandboxes, and the job retried)."""
+    kind = getattr(e, "outcome_kind", None)
+    if kind in OUTCOME_KINDS:
+        return kind
+    return "memory" if _is_memory_error(e) else None
+
+
 def _is_memory_error(e: BaseException) -> bool:
     """MemoryError, torch.cuda.OutOfMemoryError and the CPU allocator's RuntimeError."""
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
@@ -172,11 +183,11 @@ def _worker_main(conn: Any, preload: tuple[str, ...], threads: int | None,
             reply: tuple = ("ok", _resolve(fn)(*args, **kwargs))
         except BaseException as e:  # noqa: BLE001 - SystemExit from a defense is a job error too
             message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            reply = ("exception", message, traceback.format_exc(), _is_memory_error(e))
+            reply = ("exception", message, traceback.format_exc(), _kind_of(e))
         try:
             conn.send(reply)
         except Exception as e:  # noqa: BLE001 - an unpicklable return value
-            conn.send(("exception", f"job result could not be sent: {type(e).__name__}: {e}", None, False))
+            conn.send(("exception", f"job result could not be sent: {type(e).__name__}: {e}", None, None))
 
 
 # -- the parent --------------------------------------------------------------------------
@@ -209,16 +220,42 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def resident_mb(pid: int) -> float:
-    """``VmRSS`` of one process in MiB (0 when it is gone or a zombie)."""
+def _status(pid: int) -> dict[bytes, int]:
+    """The kB fields and the parent pid (``PPid``) of ``/proc/<pid>/status``; {} when gone."""
+    out: dict[bytes, int] = {}
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
+                key, _, rest = line.partition(b":")
+                if key in (b"RssAnon", b"RssShmem", b"PPid"):
+                    out[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def private_mb(pids: list[int]) -> float:
+    """The memory a group of processes holds of its own, in MiB: anonymous and shared-memory
+    pages (``RssAnon`` + ``RssShmem``), not the file-backed pages of the libraries every
+    torch process maps. A process forked from another of the group without a new program
+    (a sandbox's defense server, forked from its zygote) shares its parent's pages until it
+    writes them, so it counts only what it holds beyond its parent."""
+    info = {}
+    for pid in pids:
+        st = _status(pid)
+        if st:
+            try:
+                exe = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                exe = None
+            info[pid] = (st.get(b"RssAnon", 0) + st.get(b"RssShmem", 0), st.get(b"PPid"), exe)
+    total = 0
+    for anon, ppid, exe in info.values():
+        parent = info.get(ppid)
+        if parent is not None and exe is not None and parent[2] == exe:
+            anon = max(0, anon - parent[0])
+        total += anon
+    return total / 1024
 
 
 def _signal_name(code: int | None) -> str:
@@ -351,7 +388,7 @@ class JobRunner:
     # -- jobs
 
     def _memory_mb(self, pids: list[int]) -> float:
-        return sum(resident_mb(p) for p in pids)
+        return private_mb(pids)
 
     def call(self, fn: str, *args: Any, **kwargs: Any) -> JobOutcome:
         """Run ``fn`` ("module:function") with picklable arguments in the worker, within the
@@ -420,9 +457,9 @@ class JobRunner:
         seconds = round(time.monotonic() - start, 3)
         if reply[0] == "ok":
             return JobOutcome(True, reply[1], None, "ok", seconds)
-        _, message, tb, is_memory = reply
-        if is_memory:  # a fresh worker gets its memory back
-            return self._failed("memory", message, start, tb)
+        _, message, tb, kind = reply
+        if kind in ("memory", "crash"):  # a fresh worker gets its memory back, or new sandboxes
+            return self._failed(kind, message, start, tb)
         return JobOutcome(False, None, message, "exception", seconds, tb)
 
 
@@ -447,7 +484,7 @@ class InProcessRunner:
         try:
             value = _resolve(fn)(*args, **(kwargs or {}))
         except Exception as e:  # noqa: BLE001 - the same contract as the worker's
-            kind = "memory" if _is_memory_error(e) else "exception"
+            kind = _kind_of(e) or "exception"
             return JobOutcome(False, None, f"{type(e).__name__}: {e}", kind,
                               round(time.monotonic() - start, 3), traceback.format_exc())
         return JobOutcome(True, value, None, "ok", round(time.monotonic() - start, 3))

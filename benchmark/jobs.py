@@ -61,11 +61,13 @@ class SubmissionRun:
         # each attack's adversarial points are scored by a fresh server that has seen no
         # other input of these examples (:meth:`score_fresh`). No sandbox: built here.
         self.threads = torch.get_num_threads()
-        self.sandboxes: tuple = ()
+        #: The attack sandbox, then the scoring sandbox (started on first use: a resumed
+        #: run whose attacks are all reused never needs it); empty without a sandbox.
+        self.sandboxes: list = []
         if cfg.sandbox == "bwrap":
             from benchmark.sandbox import Sandbox
 
-            self.sandboxes = (Sandbox(sub.folder, str(device)), Sandbox(sub.folder, str(device)))
+            self.sandboxes.append(Sandbox(sub.folder, str(device)))
         try:
             self.defense = open_defense(sub, device, self.threads, self.sandboxes[0] if self.sandboxes else None)
             self._seed(job_seed(cfg.seed, f"{m.dataset}/{m.id}/randomness"))
@@ -100,6 +102,10 @@ class SubmissionRun:
         perm = torch.randperm(len(x_adv), generator=torch.Generator().manual_seed(seed)).to(x_adv.device)
         scorer = self.defense
         if self.sandboxes:
+            if len(self.sandboxes) == 1:
+                from benchmark.sandbox import Sandbox
+
+                self.sandboxes.append(Sandbox(self.sub.folder, str(self.device)))
             scorer = open_defense(self.sub, self.device, self.threads, self.sandboxes[1], wipe=True)
         try:
             if scorer is not self.defense and self.defense.randomized and not scorer.randomized:
@@ -119,7 +125,7 @@ class SubmissionRun:
             close()
         for sb in self.sandboxes:
             sb.close()
-        self.sandboxes = ()
+        self.sandboxes = []
 
     @property
     def gradients(self) -> dict[str, float]:

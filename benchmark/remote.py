@@ -26,14 +26,24 @@ class DefenseError(RuntimeError):
     """The defense failed in its sandbox (its own exception, or its process died)."""
 
 
+class DefenseCrashed(DefenseError):
+    """The defense's process died in its sandbox: the worker is replaced (new sandboxes)."""
+
+    outcome_kind = "crash"
+
+
+class DefenseMemoryError(DefenseError, MemoryError):
+    """The defense ran out of memory in its sandbox."""
+
+
 class Client:
     """Requests over one channel to one defense server."""
 
-    def __init__(self, channel: Channel, on_close: Any = None) -> None:
+    def __init__(self, channel: Channel) -> None:
         self.ch = channel
         self.release: list[int] = []
         self.closed = False
-        self._on_close = on_close
+        weakref.finalize(self, channel.close)  # a client dropped unclosed frees its channel
 
     def request(self, header: dict[str, Any], tensors: tuple = ()) -> tuple[dict[str, Any], list[torch.Tensor]]:
         if self.closed:
@@ -46,11 +56,12 @@ class Client:
             reply, out = self.ch.recv()
         except ChannelClosed:
             self.closed = True
-            raise DefenseError("the defense's process exited in its sandbox") from None
+            raise DefenseCrashed("the defense's process exited in its sandbox") from None
         except ProtocolError as e:
             raise DefenseError(f"the defense's sandbox broke the protocol: {e}") from None
         if reply.get("ok") is not True:
-            raise DefenseError(str(reply.get("error") or "the defense failed")[:2000])
+            error = DefenseMemoryError if reply.get("kind") == "memory" else DefenseError
+            raise error(str(reply.get("error") or "the defense failed")[:2000])
         return reply, out
 
     def call(self, fn: str, x: torch.Tensor, keep: bool, extra: dict[str, Any]) -> tuple[torch.Tensor, int | None]:
@@ -76,8 +87,6 @@ class Client:
                 pass
             self.closed = True
         self.ch.close()
-        if self._on_close is not None:
-            self._on_close()
 
 
 class _Graph:

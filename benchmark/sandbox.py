@@ -26,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,8 @@ class Sandbox:
         self.proc = subprocess.Popen([*command(folder, device), "--", *program], pass_fds=(child.fileno(),),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         child.close()
+        # Stopped when closed, collected, or at exit, whichever comes first.
+        self._finalizer = weakref.finalize(self, _stop, self.proc, self.control)
 
     def spawn(self, wipe: bool = False):
         """A fresh server process in this sandbox (a :class:`~benchmark.channel.Channel` to
@@ -155,12 +158,16 @@ class Sandbox:
         return Channel(ours)
 
     def close(self) -> None:
-        try:
-            self.control.close()
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
+        self._finalizer()
+
+
+def _stop(proc: subprocess.Popen, control: socket.socket) -> None:
+    try:
+        control.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def open_defense(sub: Any, device: Any, threads: int | None, sandbox: Sandbox | None, wipe: bool = False):

@@ -92,6 +92,16 @@ def execute(cfg: RunConfig, spec: JobSpec, inputs: JobInputs) -> dict[str, Any]:
         ``reused`` (the file on disk is this job's) or ``not-applicable``; for a prepare
         job, ``{"status": "computed", "prepared": {...}}``.
     """
+    from benchmark.remote import DefenseCrashed
+
+    try:
+        return _execute(cfg, spec, inputs)
+    except DefenseCrashed:
+        release()  # its sandbox is gone: the next job of the submission builds it anew
+        raise
+
+
+def _execute(cfg: RunConfig, spec: JobSpec, inputs: JobInputs) -> dict[str, Any]:
     from benchmark.jobs import certify_job, flags_job
     from benchmark.threats import get_threat
 

@@ -175,28 +175,27 @@ def _gauntlet(*args: str) -> list[str]:
 
 
 SLOW_STEP = '''
+import sys
 import time
-from pathlib import Path
 
 from defenses.pipeline import Step
 
 
 class Slow(Step):
-    """Identity; the first time an attack asks for a gradient, it marks the moment in a
-    file and then takes ``seconds`` to answer (a long job that finishes)."""
+    """Identity; at its fourth call (the first query of an attack job, after the build's
+    randomness check and clean scores) it says so on stderr (the only way out of its
+    sandbox) and then takes ``seconds`` to answer (a long job that finishes)."""
 
     differentiable = True
 
-    def __init__(self, marker: str, seconds: float) -> None:
+    def __init__(self, seconds: float) -> None:
         super().__init__()
-        self.marker, self.seconds, self.slept = marker, seconds, False
+        self.seconds, self.calls = seconds, 0
 
     def forward(self, x):
-        import torch
-
-        if torch.is_grad_enabled() and not self.slept:
-            self.slept = True
-            Path(self.marker).write_text("started")
+        self.calls += 1
+        if self.calls == 4:
+            print("slow step started", file=sys.stderr, flush=True)
             time.sleep(self.seconds)
         return x
 '''
@@ -207,13 +206,13 @@ def test_sigkill_of_the_runner_leaves_no_worker_and_no_late_file(subs, tmp_path)
     a job that would finish seconds later: every process it started is gone within
     seconds, and no result file appears afterwards (the worker used to finish its job
     and write it)."""
-    results, marker = tmp_path / "results", tmp_path / "started"
+    results, stderr = tmp_path / "results", tmp_path / "stderr.txt"
     slow = subs / "hostile-slow"
     shutil.copytree(subs / "hostile-hang", slow)
     (slow / "slow.py").write_text(SLOW_STEP)
     manifest = (slow / "manifest.yaml").read_text().replace("id: hostile-hang", "id: hostile-slow")
     manifest = manifest.replace('{factory: "hang:Hang", args: {}}',
-                                f'{{factory: "slow:Slow", args: {{marker: "{marker}", seconds: 8}}}}')
+                                '{factory: "slow:Slow", args: {seconds: 8}}')
     manifest = manifest.replace("hang:Prior", "slow_prior:Prior")
     (slow / "slow_prior.py").write_text((slow / "hang.py").read_text())
     (slow / "hang.py").unlink()
@@ -222,14 +221,21 @@ def test_sigkill_of_the_runner_leaves_no_worker_and_no_late_file(subs, tmp_path)
                                       "--attack", "fgsm", "--threat", "linf-0.1", "--n-examples", "10",
                                       "--no-sweep", "--no-certify", "--no-site", "--quiet",
                                       "--results", str(results)), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=(err := stderr.open("w")))
+    err.close()  # the child has its own copy
+
+    def started() -> bool:
+        return "slow step started" in stderr.read_text()
+
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not marker.exists() and proc.poll() is None:
+        while time.monotonic() < deadline and not started() and proc.poll() is None:
             time.sleep(0.1)
-        assert marker.exists(), "the attack job never started"
+        assert started(), "the attack job never started"
         family = descendants(proc.pid)
         assert len(family) >= 2  # the fork server and its worker
+        # ... and the worker's sandboxes: bubblewrap and the defense servers inside
+        assert any(b"defense_server" in _cmdline(p) for p in family)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -240,6 +246,13 @@ def test_sigkill_of_the_runner_leaves_no_worker_and_no_late_file(subs, tmp_path)
     assert [p for p in family if _alive(p)] == []
     time.sleep(9.0)  # past the moment the job would have finished
     assert sorted(str(p.relative_to(results)) for p in results.rglob("*")) == listing
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _alive(pid: int) -> bool:

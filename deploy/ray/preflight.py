@@ -113,6 +113,12 @@ def facts(root: str, data: str | None, submissions: list[str], commit: str | Non
     except Exception as e:  # noqa: BLE001 - a node whose checkout is broken is reported
         out["harness"] = out["code"] = out["submissions"] = f"unusable: {type(e).__name__}: {e}"
     out["data"] = _data_digest(data)
+    try:  # every process that imports submitted code runs in bubblewrap (benchmark/sandbox.py)
+        from benchmark.sandbox import check_bwrap
+
+        out["sandbox"] = f"ok ({check_bwrap()})"
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        out["sandbox"] = f"unusable: {e}"
     head = _git(root, "rev-parse", "HEAD") if Path(root, ".git").exists() else None
     out["commit"] = head.stdout.strip()[:12] if head is not None and head.returncode == 0 else "?"
     return out
@@ -217,6 +223,8 @@ def _check(ray: Any, args: argparse.Namespace) -> int:
         for key in COMPARED:
             if f[key] != mine[key]:
                 problems.append(f"{f['node']}: {key} is {f[key]!r}, the driver's is {mine[key]!r}")
+        if not str(f.get("sandbox", "")).startswith("ok"):
+            problems.append(f"{f['node']}: sandbox: {f.get('sandbox')}")
         if cuda and not f["cuda"]:
             problems.append(f"{f['node']}: Ray counts {gpus} GPU(s) but torch sees none")
         if mem * 2**10 < args.lane_memory_mib:
