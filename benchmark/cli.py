@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data-dir", type=_path, default=None)
+    t.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="train without bubblewrap, with your own privileges (code you trust)")
 
     lb = sub.add_parser("leaderboard", help="render the static site from result files")
     lb.add_argument("--results", type=_path, default=Path("results"))
@@ -223,6 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from benchmark.datasets import DatasetError
     from benchmark.manifest import ManifestError
     from benchmark.registry import load_submission, semantic_problems
+    from benchmark.sandbox import SandboxUnavailable, train_in_sandbox
     from benchmark.training import TrainingError, train_submission
 
     if not args.id or args.id in (".", "..") or "/" in args.id or os.sep in args.id:
@@ -245,8 +248,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if problems:
         return _bad(problems)
     try:
-        _, seconds = train_submission(sub, submissions_dir=args.submissions, data_dir=args.data_dir,
-                                      device=device, seed=args.seed)
+        if args.unsafe_no_sandbox:
+            _, seconds = train_submission(sub, submissions_dir=args.submissions, data_dir=args.data_dir,
+                                          device=device, seed=args.seed)
+        else:
+            seconds = train_in_sandbox(sub, submissions_dir=args.submissions, data_dir=args.data_dir,
+                                       device=device, seed=args.seed)
+    except SandboxUnavailable as e:
+        return _bad(f"sandbox: {e}")
     except TrainingError as e:
         return _bad(str(e), EXIT_BAD_INPUT if e.bad_input else EXIT_JOBS_FAILED)
     except (ValueError, DatasetError) as e:

@@ -87,8 +87,17 @@ def _environment_roots() -> list[Path]:
     return sorted(r for r in roots if r.exists() and r != Path("/"))
 
 
-def command(folder: str | Path, device: str = "cpu") -> list[str]:
-    """The ``bwrap`` command line (up to the program) for a submission's ``folder``."""
+def command(folder: str | Path, device: str = "cpu", *, writable: bool = False,
+            read_only: tuple[str | Path, ...] = (), hide_datasets: bool = True) -> list[str]:
+    """The ``bwrap`` command line (up to the program) for a submission's ``folder``.
+
+    Args:
+        writable: the folder is writable (training writes its weights there).
+        read_only: more folders to show read-only (training: the datasets, the other
+            submissions a recipe may load).
+        hide_datasets: hide the dataset files installed in the environment (not for
+            training, which needs the training split).
+    """
     from benchmark.datasets import files_in_environment
 
     # The private mounts first: bwrap applies its options in order, and a submission folder
@@ -114,9 +123,12 @@ def command(folder: str | Path, device: str = "cpu") -> list[str]:
             args += ["--ro-bind", str(root), str(root)]
     for pkg in _project_packages():
         args += ["--ro-bind", str(pkg), str(pkg)]
+    for extra in read_only:
+        if extra is not None and Path(extra).exists():
+            args += ["--ro-bind", str(Path(extra).resolve()), str(Path(extra).resolve())]
     folder = Path(folder).resolve()
-    args += ["--ro-bind", str(folder), str(folder)]
-    for hidden in files_in_environment():
+    args += ["--bind" if writable else "--ro-bind", str(folder), str(folder)]
+    for hidden in files_in_environment() if hide_datasets else ():
         if Path(hidden).is_dir():
             args += ["--tmpfs", str(hidden)]
     # The skeleton bwrap builds for the mount points (/work/main/…) is a tmpfs: read-only too.
@@ -207,3 +219,45 @@ def open_defense(sub: Any, device: Any, threads: int | None, sandbox: Sandbox | 
         client.close()
         raise DefenseError("the sandbox sent no facts")
     return RemoteDefense(client, facts)
+
+
+def train_in_sandbox(sub: Any, *, submissions_dir: Path, data_dir: Path | None, device: str, seed: int) -> float:
+    """``gauntlet train`` under bubblewrap: :func:`benchmark.training.train_submission` in a
+    sandbox that sees its own folder read-write (the weights and the manifest's sha256 are
+    written there), the other submissions and the datasets read-only, no network.
+
+    Returns:
+        The training's wall seconds.
+
+    Raises:
+        benchmark.training.TrainingError: what the sandboxed training raised, one line.
+    """
+    from benchmark.training import TrainingError
+
+    data = data_dir if data_dir is not None else os.environ.get("GAUNTLET_DATA")
+    request = {"manifest": str(Path(sub.path).resolve()), "submissions": str(Path(submissions_dir).resolve()),
+               "data_dir": str(Path(data).resolve()) if data else None, "device": device, "seed": seed}
+    read, write = os.pipe()
+    try:
+        program = [sys.executable, "-I", "-m", "benchmark.training", json.dumps(request), str(write)]
+        cmd = [*command(sub.folder, device, writable=True, read_only=(submissions_dir, data), hide_datasets=False),
+               "--", *program]
+        proc = subprocess.Popen(cmd, pass_fds=(write,), stdin=subprocess.DEVNULL)
+        os.close(write)
+        write = -1
+        with os.fdopen(read, "rb") as f:
+            read = -1
+            reply = f.read(1 << 20)
+        code = proc.wait()
+    finally:
+        for fd in (read, write):
+            if fd >= 0:
+                os.close(fd)
+    try:
+        answer = json.loads(reply) if reply else {}
+    except ValueError:
+        answer = {}
+    if answer.get("ok") is True and isinstance(answer.get("seconds"), (int, float)):
+        return float(answer["seconds"])
+    message = str(answer.get("error") or f"{sub.path}: train: the sandboxed training exited with code {code}")
+    raise TrainingError(message[:2000], bad_input=bool(answer.get("bad_input")))

@@ -152,3 +152,33 @@ def save_weights(sub: Submission, model: nn.Module) -> str:
         raise ValueError(f"{sub.path}: model.sha256: no '  sha256:' line under model to update")
     sub.path.write_text(new, encoding="utf-8")
     return digest
+
+
+def _sandboxed_main(argv: list[str]) -> None:
+    """``python -I -m benchmark.training REQUEST FD``: the sandbox's side of
+    :func:`benchmark.sandbox.train_in_sandbox` (answers one JSON object on ``FD``)."""
+    import json
+    import os
+
+    from benchmark.registry import load_submission
+
+    request, fd = json.loads(argv[1]), int(argv[2])
+    try:
+        sub = load_submission(Path(request["manifest"]))
+        data = Path(request["data_dir"]) if request["data_dir"] else None
+        _, seconds = train_submission(sub, submissions_dir=Path(request["submissions"]), data_dir=data,
+                                      device=request["device"], seed=int(request["seed"]))
+        answer = {"ok": True, "seconds": seconds}
+    except TrainingError as e:
+        answer = {"ok": False, "error": str(e), "bad_input": e.bad_input}
+    except Exception as e:  # noqa: BLE001 - one line back to the harness
+        answer = {"ok": False, "error": f"{request['manifest']}: train: {type(e).__name__}: {e}",
+                  "bad_input": isinstance(e, ValueError)}
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(answer))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _sandboxed_main(sys.argv)

@@ -231,3 +231,43 @@ def test_without_bubblewrap_the_run_stops_with_one_line_naming_the_fix(tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "bubblewrap" in lines[0] and "--unsafe-no-sandbox" in lines[0], lines
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+ESCAPING_RECIPE = '''
+def escape(job, target):
+    try:
+        with open(target, "w") as f:  # in the sandbox: refused, or into its private /tmp
+            f.write("pwned")
+    except OSError:
+        pass
+    return job.model  # untrained: the test is about where it may write
+'''
+
+
+def test_training_runs_in_the_sandbox_and_writes_only_its_own_folder(tmp_path):
+    """``gauntlet train`` in bubblewrap: the recipe cannot write outside its folder (which
+    it can unconfined), and the weights and their sha256 land in the folder."""
+    from benchmark.cli import main
+
+    target = tmp_path / "outside.txt"
+    for mode in ("none", "bwrap"):
+        subs = tmp_path / mode
+        shutil.copytree(ROOT / "tests" / "fixtures" / "submissions" / "dummy-linear", subs / "dummy-linear")
+        (subs / "dummy-linear" / "recipe.py").write_text(ESCAPING_RECIPE)
+        manifest = subs / "dummy-linear" / "manifest.yaml"
+        lines = [f'train: {{recipe: "recipe:escape", args: {{target: "{target}"}}}}' if line.startswith("train:")
+                 else line for line in manifest.read_text().splitlines()]
+        manifest.write_text("\n".join(lines) + "\n")
+        (subs / "dummy-linear" / "weights.pt").unlink()
+        args = ["train", "dummy-linear", "--submissions", str(subs), "--device", "cpu"]
+        code = main(args + (["--unsafe-no-sandbox"] if mode == "none" else []))
+        assert code == 0
+        if mode == "none":
+            assert target.exists()
+            target.unlink()
+        else:
+            assert not target.exists()
+            from benchmark.manifest import sha256_file
+
+            assert (subs / "dummy-linear" / "weights.pt").is_file()
+            assert sha256_file(subs / "dummy-linear" / "weights.pt") in manifest.read_text()

@@ -37,6 +37,7 @@ if __name__ == "__main__":  # before torch starts OpenMP (see the module docstri
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import statistics
@@ -53,6 +54,8 @@ import attacks.adaptive as adaptive
 from attacks.adaptive import AdaptiveView
 from attacks.pgd import pgd
 from benchmark.datasets import get_dataset
+from benchmark.registry import load_submission
+from benchmark.sandbox import Sandbox, SandboxUnavailable, check_bwrap, open_defense
 from benchmark.threats import ThreatModel
 from defenses.models import SmallCNN
 from defenses.pipeline import Defense
@@ -68,7 +71,7 @@ PEER_REASON = "torchattacks not installed (optional peer: pip install 'gauntlet[
 
 #: Full-size settings (``--benchmark-enable`` / script) and the smoke settings (disabled mode).
 FULL = {"pgd": dict(n=256, steps=20, rounds=5), "eot": dict(n=32, k=10, steps=10, rounds=5)}
-SMOKE = {"pgd": dict(n=4, steps=1, rounds=1), "eot": dict(n=2, k=2, steps=1, rounds=1)}
+SMOKE = {"pgd": dict(n=4, steps=1, rounds=1, sandbox=False), "eot": dict(n=2, k=2, steps=1, rounds=1, sandbox=False)}
 
 
 def load_model(width: int = 16, hidden: int = 128) -> nn.Module:
@@ -157,10 +160,50 @@ def _plain_layout(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, steps: i
         adaptive.CPU_ROWS_PER_PASS = rows
 
 
+def _has_sandbox() -> bool:
+    try:
+        check_bwrap()
+    except SandboxUnavailable:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def sandboxed(sub_id: str):
+    """The reference submission ``sub_id`` served from its bubblewrap sandbox, as a run
+    reaches it (:mod:`benchmark.remote`): attacks here, the defense there."""
+    sub = load_submission(ROOT / "submissions" / sub_id / "manifest.yaml")
+    sandbox = Sandbox(sub.folder)
+    try:
+        defense = open_defense(sub, "cpu", torch.get_num_threads(), sandbox)
+        yield defense
+        defense.close()
+    finally:
+        sandbox.close()
+
+
+def _with_sandbox(contenders: dict, result_of: Callable[[dict], dict[str, float]], sub_id: str,
+                  make: Callable[[object], Callable[[], object]], peer: bool) -> dict[str, float]:
+    """``result_of(contenders)`` with ``ours_sandbox`` (``make(defense)``) among them, and its
+    speed-up over torchattacks (the boundary's cost beside the peer) when ``peer``."""
+    with sandboxed(sub_id) as defense:
+        contenders["ours_sandbox"] = make(defense)
+        result = result_of(contenders)
+    result["sandbox_overhead"] = 1.0 / result["speedup_ours_over_ours_sandbox"] - 1.0
+    if peer:
+        result["speedup_ours_sandbox_over_torchattacks"] = (result["speedup_ours_over_torchattacks"]
+                                                            / result["speedup_ours_over_ours_sandbox"])
+    return result
+
+
 def measure_pgd(n: int, steps: int, rounds: int, peer: bool = HAS_PEER,
-                ablation: bool = False, model: nn.Module | None = None) -> dict[str, float]:
+                ablation: bool = False, model: nn.Module | None = None,
+                sandbox: bool | None = None) -> dict[str, float]:
     """Our PGD (and torchattacks' when ``peer``) on SmallCNN (or ``model``), ℓ∞ 0.031, no
-    early stop; ``ablation`` adds ours without channels-last and pass splitting (``ours_plain``)."""
+    early stop; ``ablation`` adds ours without channels-last and pass splitting (``ours_plain``);
+    ``sandbox`` (default: when bubblewrap works here) adds ours on the sandboxed
+    ``standard-cnn-mnist`` (``ours_sandbox``, the same SmallCNN)."""
+    sandbox = (_has_sandbox() and model is None) if sandbox is None else sandbox
     model = load_model() if model is None else model
     x, y = examples(n)
     view = AdaptiveView(Defense(model))
@@ -173,12 +216,24 @@ def measure_pgd(n: int, steps: int, rounds: int, peer: bool = HAS_PEER,
 
         atk = torchattacks.PGD(model, eps=THREAT.eps, alpha=_alpha(), steps=steps, random_start=True)
         contenders["torchattacks"] = lambda: atk(x, y)
-    result = summarize(interleaved(contenders, rounds), n * steps, "ours")
+
+    def result_of(c: dict) -> dict[str, float]:
+        return summarize(interleaved(c, rounds), n * steps, "ours")
+
+    if sandbox:
+        result = _with_sandbox(contenders, result_of, "standard-cnn-mnist",
+                               lambda d: (lambda v=AdaptiveView(d): _ours(v, x, y, steps)), peer)
+    else:
+        result = result_of(contenders)
     return {**result, "n": n, "steps": steps, "rounds": rounds, **_environment()}
 
 
-def measure_eot(n: int, k: int, steps: int, rounds: int, peer: bool = HAS_PEER) -> dict[str, float]:
-    """EOT-PGD with k draws per gradient on RandomCropRescale + SmallCNN, ℓ∞ 0.031."""
+def measure_eot(n: int, k: int, steps: int, rounds: int, peer: bool = HAS_PEER,
+                sandbox: bool | None = None) -> dict[str, float]:
+    """EOT-PGD with k draws per gradient on RandomCropRescale + SmallCNN, ℓ∞ 0.031;
+    ``sandbox`` adds ours on the sandboxed ``guo2018-crop-rescale`` (the same steps and
+    architecture, its own weights: speed does not depend on them)."""
+    sandbox = _has_sandbox() if sandbox is None else sandbox
     defense = Defense(load_model(), steps=[RandomCropRescale(24)]).eval()
     x, y = examples(n)
     batched, looped = AdaptiveView(defense, eot=k), LoopEOTView(defense, eot=k)
@@ -192,7 +247,15 @@ def measure_eot(n: int, k: int, steps: int, rounds: int, peer: bool = HAS_PEER) 
         atk = torchattacks.EOTPGD(defense, eps=THREAT.eps, alpha=_alpha(), steps=steps, eot_iter=k,
                                   random_start=True)
         contenders["torchattacks"] = lambda: atk(x, y)
-    result = summarize(interleaved(contenders, rounds), n * steps, "ours")
+
+    def result_of(c: dict) -> dict[str, float]:
+        return summarize(interleaved(c, rounds), n * steps, "ours")
+
+    if sandbox:
+        result = _with_sandbox(contenders, result_of, "guo2018-crop-rescale",
+                               lambda d: (lambda v=AdaptiveView(d, eot=k): _ours(v, x, y, steps)), peer)
+    else:
+        result = result_of(contenders)
     return {**result, "n": n, "k": k, "steps": steps, "rounds": rounds, **_environment()}
 
 
