@@ -143,12 +143,15 @@ def test_a_defense_sees_no_file_network_or_secret_outside_its_own_folder(alone, 
             (results / "marker.txt").write_text("results")
             _snoop_manifest(subs, results, port)
             summary = _run(subs, results, mode, defenses=("hostile-snoop",))
+            written = [p for p in (ROOT / "pwned-by-snoop", subs / "hostile-snoop" / "pwned", results / "pwned")
+                       if p.exists()]
             if mode == "none":  # the probes work: unconfined, the defense escapes everywhere
                 assert summary.errors and "escaped" in " ".join(summary.errors)
+                assert len(written) == 3
                 (ROOT / "pwned-by-snoop").unlink(missing_ok=True)
             else:
                 assert not summary.errors, summary.errors
-                assert not (ROOT / "pwned-by-snoop").exists()
+                assert written == []
                 assert _robust(results, "hostile-snoop", "fgsm") == _robust(alone, HONEST.name, "fgsm")
     finally:
         listener.close()
