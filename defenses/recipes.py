@@ -1,6 +1,6 @@
 """Training recipes named in manifests' ``train`` blocks.
 
-Each recipe is ``recipe(job, **args) -> model`` (see :mod:`benchmark.training`), seeded
+Each recipe is ``recipe(job, **args) -> model`` (see :mod:`gauntlet.benchmark.training`), seeded
 through ``job.generator`` so that the same arguments give the same weights.
 """
 from __future__ import annotations
@@ -58,3 +58,144 @@ def standard(job, epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
     cross_entropy_epochs(opt, model, forward, x, y, epochs, batch_size, job.generator)
     model.eval()
     return model
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The standard CIFAR-10 augmentation: a random crop of the reflect-padded image
+    (shifts of up to ``pad`` pixels) and a horizontal flip with probability ½, drawn
+    per example from ``generator``."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, out.flip(3), out)
+
+
+class OneCycle:
+    """SGD with Nesterov momentum whose learning rate rises linearly from 0 to ``lr`` over
+    the first ``warmup`` share of the steps and falls linearly to 0 by the last (the
+    triangular schedule of Page's DAWNBench entry and of Wong et al. 2020's fast AT)."""
+
+    def __init__(self, params, lr: float, total_steps: int, warmup: float = 0.2,
+                 momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
+        self.opt = torch.optim.SGD(params, lr=0.0, momentum=momentum, nesterov=True,
+                                   weight_decay=weight_decay)
+        self.peak, self.total, self.rise = lr, max(1, total_steps), max(1, int(warmup * total_steps))
+        self.t = 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        t = self.t
+        scale = t / self.rise if t < self.rise else max(0.0, (self.total - t) / max(1, self.total - self.rise))
+        for group in self.opt.param_groups:
+            group["lr"] = self.peak * scale
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.t += 1
+
+
+class Checkpoint:
+    """Resume a long recipe after an interruption: the model, optimizer, schedule and
+    generator state after each finished epoch, in ``<submission>/.checkpoint-<recipe>.pt``
+    (removed when the recipe returns). A checkpoint written with other arguments is
+    ignored, so a resumed run gives the weights an uninterrupted one would."""
+
+    def __init__(self, job, name: str, args: dict) -> None:
+        self.path = job.submission.folder / f".checkpoint-{name}.pt"
+        self.job, self.args = job, {k: repr(v) for k, v in sorted(args.items())}
+
+    def resume(self, schedule: OneCycle) -> int:
+        """Load the last finished epoch's state; the number of epochs done (0: none)."""
+        if not self.path.is_file():
+            return 0
+        state = torch.load(self.path, map_location=self.job.device, weights_only=True)
+        if state.get("args") != self.args:
+            return 0
+        self.job.model.load_state_dict(state["model"])
+        schedule.opt.load_state_dict(state["opt"])
+        schedule.t = int(state["t"])
+        self.job.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch"])
+        return int(state["epoch"])
+
+    def save(self, schedule: OneCycle, epoch: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"args": self.args, "model": self.job.model.state_dict(), "opt": schedule.opt.state_dict(),
+                    "t": schedule.t, "generator": self.job.generator.get_state(),
+                    "torch": torch.get_rng_state(), "epoch": epoch}, tmp)
+        tmp.replace(self.path)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def sgd_augmented(job, epochs: int = 10, lr: float = 0.2, batch_size: int = 256, weight_decay: float = 5e-4,
+                  noise_sigma: float = 0.0, label_smoothing: float = 0.0, log: bool = True) -> nn.Module:
+    """Cross-entropy training for CIFAR-10-sized models: SGD with Nesterov momentum on the
+    one-cycle schedule (:class:`OneCycle`), random crops and flips (:func:`augment`),
+    through the defense's preprocessing; resumable per epoch (:class:`Checkpoint`).
+
+    Args:
+        epochs: passes over the training split.
+        lr: peak learning rate.
+        batch_size: examples per step.
+        weight_decay: SGD weight decay.
+        noise_sigma: Gaussian noise N(0, σ²) added after augmentation, in [0,1] space
+            (Cohen et al. 2019's noise augmentation); 0 disables it.
+        label_smoothing: cross-entropy label smoothing.
+        log: one line per epoch on stderr (loss, training accuracy, seconds).
+    """
+    if epochs < 1 or lr <= 0 or batch_size < 1 or noise_sigma < 0 or not 0 <= label_smoothing < 1:
+        raise ValueError("sgd_augmented: need epochs >= 1, lr > 0, batch_size >= 1, noise_sigma >= 0, "
+                         "0 <= label_smoothing < 1")
+    model, defense = job.model, job.defense
+    x, y = job.x_train.to(job.device), job.y_train.to(job.device)
+    schedule = OneCycle(model.parameters(), lr, epochs * -(-len(x) // batch_size), weight_decay=weight_decay)
+    ckpt = Checkpoint(job, "sgd_augmented", dict(epochs=epochs, lr=lr, batch_size=batch_size,
+                                                 weight_decay=weight_decay, noise_sigma=noise_sigma,
+                                                 label_smoothing=label_smoothing))
+    for epoch in range(ckpt.resume(schedule), epochs):
+        model.train()
+        stats = EpochStats(epoch, epochs)
+        for idx in batches(len(x), batch_size, job.generator):
+            xb = augment(x[idx], job.generator)
+            if noise_sigma > 0:
+                xb = xb + noise_sigma * torch.randn(xb.shape, generator=job.generator).to(xb)
+            logits = defense(xb)
+            loss = F.cross_entropy(logits, y[idx], label_smoothing=label_smoothing)
+            schedule.step(loss)
+            stats.add(loss, logits, y[idx])
+        ckpt.save(schedule, epoch + 1)
+        if log:
+            stats.print()
+    ckpt.done()
+    model.eval()
+    return model
+
+
+class EpochStats:
+    """Running loss and accuracy of one training epoch, printed as one line on stderr."""
+
+    def __init__(self, epoch: int, epochs: int) -> None:
+        import time
+
+        self.epoch, self.epochs, self.start = epoch, epochs, time.perf_counter()
+        self.loss = self.correct = self.n = 0.0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += float(loss.detach()) * len(y)
+        self.correct += float((logits.argmax(1) == y).sum())
+        self.n += len(y)
+
+    def print(self) -> None:
+        import sys
+        import time
+
+        print(f"epoch {self.epoch + 1}/{self.epochs}: loss {self.loss / max(1, self.n):.3f}, "
+              f"train accuracy {self.correct / max(1, self.n):.3f}, {time.perf_counter() - self.start:.0f} s",
+              file=sys.stderr, flush=True)
