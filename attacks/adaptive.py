@@ -8,7 +8,7 @@ computed, never what is scored:
   ``g(x).detach() + g̃(x) − g̃(x).detach()``; identity when g̃ is the identity).
 * **EOT** (§4.2): for randomized defenses the gradient of E_t f(t(x)) is E_t ∇f(t(x)),
   estimated with k draws. The k draws run as one batched pass of N·k rows.
-* **Reparameterization** (§4.3) lives in :mod:`attacks.reparam`.
+* **Reparameterization** (§4.3) lives in :mod:`gauntlet.attacks.reparam`.
 
 ``bpda=False`` is the naive view: it back-propagates through each step as implemented.
 A step whose output carries no gradient (a codec run outside autograd) then contributes
@@ -28,14 +28,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.losses import LOSSES, TARGETED_LOSSES, fold_reject, margin
+from gauntlet.attacks.losses import LOSSES, TARGETED_LOSSES, fold_reject, margin
 
 
 class AdaptiveView(nn.Module):
     """A differentiable module over a defense.
 
     Args:
-        defense: a :class:`defenses.pipeline.Defense` (or any module with the contract).
+        defense: a :class:`gauntlet.defenses.pipeline.Defense` (or any module with the contract).
         bpda: replace non-differentiable steps' gradients by their approximation.
         eot: draws of the randomness averaged per gradient (ignored when the defense is
             deterministic, since every draw is the same).
@@ -56,7 +56,7 @@ class AdaptiveView(nn.Module):
         self.pipeline = _is_pipeline(defense)
         #: Run the classifier on channels-last input (None: not tried yet).
         self.channels_last: bool | None = None
-        #: A defense that lives elsewhere (a sandbox, :mod:`benchmark.remote`) computes its
+        #: A defense that lives elsewhere (a sandbox, :mod:`gauntlet.benchmark.remote`) computes its
         #: view where it lives: the same steps, approximations and draws, one call.
         served = getattr(defense, "served_view", None)
         self.served = served(self.bpda, self.eot) if callable(served) else None
@@ -108,7 +108,7 @@ def _is_pipeline(defense: nn.Module) -> bool:
     that overrides ``forward`` is differentiated as a whole, unless it declares
     ``pipeline_view = True`` (its steps and classifier are a differentiable stand-in for
     its forward, as the noisy base classifier is for a smoothed one)."""
-    from defenses.pipeline import Defense  # here: the site imports attacks, never defenses
+    from gauntlet.defenses.pipeline import Defense  # here: the site imports attacks, never defenses
 
     if isinstance(defense, Defense):
         declared = getattr(defense, "pipeline_view", None)
@@ -178,8 +178,8 @@ def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "
         view: the adaptive view.
         x: the points.
         y: true labels.
-        loss: a key of :data:`attacks.losses.LOSSES`, or of
-            :data:`attacks.losses.TARGETED_LOSSES` together with ``target``.
+        loss: a key of :data:`gauntlet.attacks.losses.LOSSES`, or of
+            :data:`gauntlet.attacks.losses.TARGETED_LOSSES` together with ``target``.
         grad: also return ∂loss/∂x.
         target: per-example target classes, for a targeted loss only.
 

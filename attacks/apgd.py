@@ -32,14 +32,14 @@ for a randomized defense, EOT with k = 10 draws per gradient (AutoAttack's 'rand
 version uses 20 EOT iterations; we use the same k as ``pgd-eot`` so the two are
 comparable at equal cost per iteration; ``eot`` is a parameter). A deterministic
 defense gets one draw (the view ignores ``eot``). The loss of a rejecting defense is
-taken on its folded logits (:func:`attacks.losses.fold_reject`), so DLR needs at least
+taken on its folded logits (:func:`gauntlet.attacks.losses.fold_reject`), so DLR needs at least
 three real classes and targeted DLR four. Besides the reference's bookkeeping
 (best-loss point for the schedule), the attack keeps the lowest-margin point it visited
 per example (what is returned), and stops attacking an example of a deterministic
 defense once broken (in later runs and later targets too).
 
 APGD-T (``APGDAttack_targeted``) runs the same loop on the targeted DLR loss
-(Eq. 7, :func:`attacks.losses.dlr_targeted`) once per target class: the k-th target of
+(Eq. 7, :func:`gauntlet.attacks.losses.dlr_targeted`) once per target class: the k-th target of
 an example is the class with the (k+1)-th largest clean logit (k = 1, …, 9), and each
 target's run attacks only the examples still robust. Success is still untargeted (any
 wrong class): the target only steers the search.
@@ -52,12 +52,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
-from attacks.losses import TARGETED_LOSSES
-from benchmark import streams
-from benchmark.streams import Draws
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
+from gauntlet.attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from gauntlet.attacks.losses import TARGETED_LOSSES
+from gauntlet.benchmark import streams
+from gauntlet.benchmark.streams import Draws
+from gauntlet.benchmark.threats import ThreatModel
 
 
 def _sphere_start(x: torch.Tensor, threat: ThreatModel, radius: float,
@@ -116,7 +116,7 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
          generator: Draws) -> tuple[torch.Tensor, dict]:
     """Run APGD on ``view`` and return the lowest-margin point per example.
 
-    With a targeted loss (a key of :data:`attacks.losses.TARGETED_LOSSES`) the runs
+    With a targeted loss (a key of :data:`gauntlet.attacks.losses.TARGETED_LOSSES`) the runs
     repeat for each of ``n_target_classes`` targets (:func:`target_classes`), ``restarts``
     runs per target, as APGD-T does; with any other loss there is one series of runs.
 
@@ -127,13 +127,13 @@ def apgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
         threat: the threat model (ε = ∞ uses the box scale: 1 for ℓ∞, √d for ℓ2).
         steps: iterations per run.
         restarts: runs (per target); each later run attacks only the examples still robust.
-        loss: "ce", "dlr" (keys of :data:`attacks.losses.LOSSES`) or "dlr-targeted".
+        loss: "ce", "dlr" (keys of :data:`gauntlet.attacks.losses.LOSSES`) or "dlr-targeted".
         rho: ρ of the oscillation condition.
         momentum: α of the momentum update.
         initial_step: η⁽⁰⁾ as a multiple of the raw radius.
         n_target_classes: targets of a targeted loss (capped at C − 1); ignored otherwise.
         generator: the starting points' draws: per-example streams (one row per example of
-            ``x``: :class:`benchmark.streams.RowStreams`) or a seeded CPU generator.
+            ``x``: :class:`gauntlet.benchmark.streams.RowStreams`) or a seeded CPU generator.
 
     Returns:
         (x_best, info): info holds ``zero_grad_fraction`` (share of attacked examples
@@ -255,7 +255,7 @@ class APGDCE(Attack):
     summary = "Auto-PGD, cross-entropy, BPDA+EOT view (AutoAttack schedule, 100 iterations)"
     loss = "ce"
     #: Every budget at its default: the full-budget APGD-CE runs against every defense
-    #: (:mod:`attacks.budgets`), as AutoAttack always runs APGD-CE first.
+    #: (:mod:`gauntlet.attacks.budgets`), as AutoAttack always runs APGD-CE first.
     FLOORS = {"steps": 100, "restarts": 1, "eot": 10}
 
     @dataclass(frozen=True)

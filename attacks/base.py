@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from benchmark.applicability import not_applicable
-from benchmark.streams import RowStreams
-from benchmark.threats import ThreatModel
+from gauntlet.benchmark.applicability import not_applicable
+from gauntlet.benchmark.streams import RowStreams
+from gauntlet.benchmark.threats import ThreatModel
 
 
 @dataclass
@@ -25,7 +25,7 @@ class AttackContext:
 
     Attributes:
         generator: where every random draw of the attack comes from: per-example streams
-            with one row per example of the batch (:class:`benchmark.streams.RowStreams`,
+            with one row per example of the batch (:class:`gauntlet.benchmark.streams.RowStreams`,
             what the runner passes: an example draws the same whichever batch or cascade
             stage it is attacked in), or a seeded CPU generator (one stream per batch).
         surrogate: an undefended model of the same dataset (for ``transfer``), or None.
@@ -76,10 +76,10 @@ class Attack:
     needs_masked_gradients: ClassVar[bool] = False
     #: True when the attack crafts its inputs on an undefended model of the dataset
     #: (``AttackContext.surrogate``, which the runner builds only for such attacks): not
-    #: applicable where the project declares no surrogate (:mod:`benchmark.surrogates`).
+    #: applicable where the project declares no surrogate (:mod:`gauntlet.benchmark.surrogates`).
     needs_surrogate: ClassVar[bool] = False
 
-    #: Budget floors (:mod:`attacks.budgets`): budget parameter → the lowest value a
+    #: Budget floors (:mod:`gauntlet.attacks.budgets`): budget parameter → the lowest value a
     #: manifest's ``attack_overrides`` may give it (never above the default). A parameter
     #: not listed cannot be overridden; a floor equal to the default fixes it, and an
     #: attack whose every floor is its default always runs at its full budget.
@@ -123,7 +123,7 @@ class Attack:
 
     def budget(self) -> float:
         """Nominal queries per example (gradient or forward passes, times EOT draws) at
-        these parameters: orders the cascade, cheap attacks first (:mod:`benchmark.cascade`)."""
+        these parameters: orders the cascade, cheap attacks first (:mod:`gauntlet.benchmark.cascade`)."""
         return 1.0
 
     def applies_to(self, defense: nn.Module) -> bool:

@@ -2,10 +2,10 @@
 
 A defense whose forward pass is expensive may run an attack at a reduced budget, with a
 reason shown on the site. What it may change is declared on the attack class, not here:
-:attr:`attacks.base.Attack.FLOORS` maps each *budget parameter* (a count of iterations,
+:attr:`gauntlet.attacks.base.Attack.FLOORS` maps each *budget parameter* (a count of iterations,
 queries, draws or targets) to the lowest value an override may give it. The rules, in
-one place, for ``gauntlet validate`` (:func:`attacks.registry.override_problems`) and
-for the runner (:func:`attacks.registry.make_attack` raises on the same problems):
+one place, for ``gauntlet validate`` (:func:`gauntlet.attacks.registry.override_problems`) and
+for the runner (:func:`gauntlet.attacks.registry.make_attack` raises on the same problems):
 
 * only budget parameters can be overridden: a step size, a loss, a schedule or a start
   changes the attack, not its cost (``step_size: 0`` would switch PGD off);
@@ -16,12 +16,12 @@ for the runner (:func:`attacks.registry.make_attack` raises on the same problems
   attack once.
 
 What always runs at full budget follows from the floors and the applicability rule
-(:mod:`benchmark.applicability`), with no list of ids anywhere: APGD-CE declares every
+(:mod:`gauntlet.benchmark.applicability`), with no list of ids anywhere: APGD-CE declares every
 floor at its default and applies to every defense (it needs no fact), so the
 full-budget APGD-CE runs against every defense; ``random`` (trait ``gradient_free``,
 no applicability condition) does too, so at least one full-budget black-box attack
 always runs, and ``transfer`` joins it wherever the project declares a surrogate
-(:mod:`benchmark.surrogates`). Square and SPSA, the score-based searches, may be cut to
+(:mod:`gauntlet.benchmark.surrogates`). Square and SPSA, the score-based searches, may be cut to
 their floors: they only run against deterministic defenses, so they could not carry
 that guarantee anyway. ``tests/test_budget_floors.py`` checks all of this over the
 registry.
@@ -32,7 +32,7 @@ import dataclasses
 import difflib
 from typing import Any
 
-from attacks.base import ATTACKS, Attack
+from gauntlet.attacks.base import ATTACKS, Attack
 
 
 def defaults(cls: type[Attack]) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def param_problems(attack_id: str, params: dict[str, Any]) -> list[tuple[str, st
 
     Raises:
         KeyError: unknown attack id (with close names; the registry must be loaded:
-            :mod:`attacks.registry` calls this).
+            :mod:`gauntlet.attacks.registry` calls this).
     """
     cls = ATTACKS.get(attack_id)
     if full_budget(cls):

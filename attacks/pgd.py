@@ -6,13 +6,13 @@ normalized gradient for ℓ2). Defaults: 40 steps (Madry et al.'s MNIST budget) 
 α = 2.5·ε/steps (the step rule of Madry et al.'s ``robustness`` library, large enough to
 cross the ball from any start), cross-entropy loss.
 
-The same loop runs on four views of the defense (:mod:`attacks.adaptive`): raw
+The same loop runs on four views of the defense (:mod:`gauntlet.attacks.adaptive`): raw
 gradients (``pgd``, what a naive evaluation does), BPDA (``pgd-bpda``), EOT
 (``pgd-eot``) and both (``pgd-bpda-eot``). Every variant keeps the lowest-margin point it
 visited, and stops attacking an example of a deterministic defense once it is broken.
 Against a randomized defense seen one draw per gradient (``pgd``, ``pgd-bpda``, FGSM) a
 visited point's margin is a single noisy draw, so such a run returns its last iterate
-(:class:`attacks.adaptive.BestTracker`); with EOT the kept point is chosen on the k-draw
+(:class:`gauntlet.attacks.adaptive.BestTracker`); with EOT the kept point is chosen on the k-draw
 mean.
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
-from benchmark import streams
-from benchmark.streams import Draws
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView, BestTracker, evaluate, zero_gradient_rows
+from gauntlet.attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from gauntlet.benchmark import streams
+from gauntlet.benchmark.streams import Draws
+from gauntlet.benchmark.threats import ThreatModel
 
 
 def pgd(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
-from benchmark import streams
-from benchmark.streams import Draws
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from gauntlet.attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from gauntlet.benchmark import streams
+from gauntlet.benchmark.streams import Draws
+from gauntlet.benchmark.threats import ThreatModel
 
 
 def random_search(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
@@ -38,7 +38,7 @@ def random_search(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: 
         threat: the threat model.
         samples: points drawn per example.
         chunk: samples per example evaluated in one batched forward pass.
-        generator: per-example streams (:class:`benchmark.streams.RowStreams`) or a
+        generator: per-example streams (:class:`gauntlet.benchmark.streams.RowStreams`) or a
             seeded CPU generator.
 
     Returns:
@@ -80,7 +80,7 @@ class RandomSearch(Attack):
     gradient_free = True
     random_sampling = True
     #: At its default: the black-box attack that applies to every defense, so a
-    #: full-budget black-box attack always runs (:mod:`attacks.budgets`).
+    #: full-budget black-box attack always runs (:mod:`gauntlet.attacks.budgets`).
     FLOORS = {"samples": 100}
 
     @dataclass(frozen=True)

@@ -8,18 +8,18 @@ import difflib
 import importlib
 from typing import Any, Iterable, Protocol
 
-from attacks.base import ATTACKS, Attack
-from attacks.budgets import check_override, param_problems
+from gauntlet.attacks.base import ATTACKS, Attack
+from gauntlet.attacks.budgets import check_override, param_problems
 
 #: Modules whose import registers attacks, in display order.
 ATTACK_MODULES = (
-    "attacks.pgd",
-    "attacks.apgd",
-    "attacks.square",
-    "attacks.spsa",
-    "attacks.transfer",
-    "attacks.random_search",
-    "attacks.reparam",
+    "gauntlet.attacks.pgd",
+    "gauntlet.attacks.apgd",
+    "gauntlet.attacks.square",
+    "gauntlet.attacks.spsa",
+    "gauntlet.attacks.transfer",
+    "gauntlet.attacks.random_search",
+    "gauntlet.attacks.reparam",
 )
 
 _loaded = False
@@ -41,7 +41,7 @@ def attack_ids() -> list[str]:
 
 def make_attack(attack_id: str, /, **overrides) -> Attack:
     """An attack instance with its defaults, or with a manifest's budget overrides, which
-    must respect the attack's floors (:mod:`attacks.budgets`): what the runner calls.
+    must respect the attack's floors (:mod:`gauntlet.attacks.budgets`): what the runner calls.
 
     Raises:
         KeyError: unknown id, with close names.

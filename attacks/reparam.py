@@ -16,7 +16,7 @@ Contract for defense authors
   (the z the preprocessing finds); it is called once, without gradients.
 
 ``defense.classifier`` maps inputs to logits (with a last "reject" logit when
-``defense.rejects``), as in :class:`defenses.pipeline.Defense`.
+``defense.rejects``), as in :class:`gauntlet.defenses.pipeline.Defense`.
 
 Attack
 ------
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
-from attacks.losses import LOSSES, fold_reject
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from gauntlet.attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from gauntlet.attacks.losses import LOSSES, fold_reject
+from gauntlet.benchmark.threats import ThreatModel
 
 
 def ball_penalty(delta: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -107,7 +107,7 @@ class Reparam(Attack):
         """
         rep = getattr(defense, "reparameterization", None)
         if rep is None:
-            raise ValueError("attack 'reparam' needs defense.reparameterization (see attacks.reparam)")
+            raise ValueError("attack 'reparam' needs defense.reparameterization (see gauntlet.attacks.reparam)")
         p = self.params
         if p.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {p.eval_every}")

@@ -74,11 +74,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
-from benchmark import streams
-from benchmark.streams import Draws
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from gauntlet.attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from gauntlet.benchmark import streams
+from gauntlet.benchmark.streams import Draws
+from gauntlet.benchmark.threats import ThreatModel
 
 #: Adam's moment decay rates (Kingma & Ba 2015; cleverhans ``TensorAdam``).
 ADAM_BETAS = (0.9, 0.999)
@@ -147,7 +147,7 @@ def spsa(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
             rate is rescaled, see the module docstring).
         max_rows: rows built and evaluated at once (memory bound of one batch).
         generator: every random draw's source: per-example streams (one row per example:
-            :class:`benchmark.streams.RowStreams`) or a seeded CPU generator.
+            :class:`gauntlet.benchmark.streams.RowStreams`) or a seeded CPU generator.
 
     Returns:
         (x_best, info): ``info["queries"]`` per example (forward rows, the starting point

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, BestTracker, evaluate
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
-from benchmark import streams
-from benchmark.streams import Draws
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView, BestTracker, evaluate
+from gauntlet.attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from gauntlet.benchmark import streams
+from gauntlet.benchmark.streams import Draws
+from gauntlet.benchmark.threats import ThreatModel
 
 #: Rescaled iterations after which p halves (reference ``p_selection``).
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -186,7 +186,7 @@ def square(defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         n_queries: forward passes per example, the starting point included.
         p_init: initial fraction of pixels a square covers.
         generator: every random draw's source: per-example streams (one row per example:
-            :class:`benchmark.streams.RowStreams`) or a seeded CPU generator.
+            :class:`gauntlet.benchmark.streams.RowStreams`) or a seeded CPU generator.
 
     Returns:
         (x_best, info): ``info["queries"]`` per example (int list), their mean and median,

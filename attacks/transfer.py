@@ -2,7 +2,7 @@
 
 A black-box baseline (Papernot et al. 2017; Athalye et al. 2018 list "black-box attacks
 beat white-box attacks" as a sign of obfuscated gradients): the runner supplies
-``ctx.surrogate``, an undefended model of the same dataset; PGD (:func:`attacks.pgd.pgd`,
+``ctx.surrogate``, an undefended model of the same dataset; PGD (:func:`gauntlet.attacks.pgd.pgd`,
 100 steps of α = 2.5·ε/100 from a uniform random start, one run, cross-entropy) attacks
 it without early stopping, so every example ends at the surrogate's lowest-margin point
 (higher-confidence points transfer better). The defense is then queried once, in one
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, evaluate
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult
-from attacks.pgd import pgd
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+from gauntlet.attacks.base import ATTACKS, Attack, AttackContext, AttackResult
+from gauntlet.attacks.pgd import pgd
+from gauntlet.benchmark.threats import ThreatModel
 
 
 @ATTACKS.register

@@ -1,8 +1,8 @@
 """Which attacks run against which defense: one pure rule over data.
 
-An attack declares traits (:data:`attacks.base.TRAITS`, recorded in every result file
+An attack declares traits (:data:`gauntlet.attacks.base.TRAITS`, recorded in every result file
 and in the catalog ``<results>/attacks.json``); a defense has facts
-(:func:`attacks.base.defense_facts`, recorded in every result file). The rule below reads
+(:func:`gauntlet.attacks.base.defense_facts`, recorded in every result file). The rule below reads
 only those two mappings, so the runner (through ``Attack.not_applicable``) and the
 leaderboard (from the files, importing no attack code) decide alike.
 """
@@ -17,7 +17,7 @@ def not_applicable(traits: Mapping[str, Any], facts: Mapping[str, Any]) -> str |
     A missing fact counts as unknown, and an attack that depends on it as not applicable
     (results written before the fact was recorded); a missing trait as False. The one
     exception is ``surrogate`` (whether the project declares a surrogate model for the
-    dataset, :mod:`benchmark.surrogates`): results written before it was recorded were run
+    dataset, :mod:`gauntlet.benchmark.surrogates`): results written before it was recorded were run
     with a surrogate whenever one existed, so a missing ``surrogate`` counts as present.
     """
     def fact(name: str, default: bool) -> bool:

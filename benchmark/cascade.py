@@ -11,10 +11,10 @@ Which attacks run where is read from the attacks' traits, never from their ids:
   against a detector) and the one-step attack (``one_step``: FGSM, for
   ``one-step-beats-iterative``).
 * **The cascade** follows, each attack on the examples that neither the naive baseline
-  the flags compare with (:func:`benchmark.flags.naive_baseline_of`) nor an earlier
+  the flags compare with (:func:`gauntlet.benchmark.flags.naive_baseline_of`) nor an earlier
   cascade attack broke, in this order: white-box attacks (adaptive ones first),
   then uniform random sampling (``random_sampling``), then the other black-box attacks;
-  within a group the cheaper first (:meth:`attacks.base.Attack.budget`).
+  within a group the cheaper first (:meth:`gauntlet.attacks.base.Attack.budget`).
 
 The other baselines prune nothing: the cascade's attacks are then exactly the ones that
 ``adaptive-beats-naive`` counts as adaptive, tried on every example naive PGD left; and
@@ -22,8 +22,8 @@ since every white-box attack comes before the black-box ones and random sampling
 among those, ``black-box-beats-white-box`` and ``random-finds-more`` count the same
 examples as with every attack on every example. The flags are therefore those of the
 full run; so is the per-example worst case for a deterministic defense, because an
-example's draws come from its own stream (:mod:`benchmark.streams`) and its passes are
-batch-invariant (:data:`attacks.adaptive.MIN_ROWS_PER_PASS`), so what an attack does on
+example's draws come from its own stream (:mod:`gauntlet.benchmark.streams`) and its passes are
+batch-invariant (:data:`gauntlet.attacks.adaptive.MIN_ROWS_PER_PASS`), so what an attack does on
 an example does not depend on which others it attacks beside it. A randomized defense's
 own draws come from the global generator, which the batch shares: its cascade worst case
 is a sound upper bound, equal to the full run's up to that randomness.
@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from attacks.base import Attack
+from gauntlet.attacks.base import Attack
 
 
 def is_baseline(attack: Attack) -> bool:
@@ -48,7 +48,7 @@ def pruning_records(baselines: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     """Of the baselines' records at a threat (attack id → record, the ones that applied),
     the one whose breaks remove examples from the cascade: the naive baseline's that the
     ``adaptive-beats-naive`` flag compares with."""
-    from benchmark.flags import naive_baseline
+    from gauntlet.benchmark.flags import naive_baseline
 
     chosen = naive_baseline(baselines)
     return [baselines[chosen]] if chosen is not None else []

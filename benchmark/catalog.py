@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.results import write_json
+from gauntlet.benchmark.results import write_json
 
 CATALOG_FILE = "attacks.json"
 
 
 def attack_catalog() -> dict[str, dict[str, Any]]:
     """attack id → {summary, params, gradient_free, needs_reparameterization, traits, floors}
-    (``floors``: budget parameter → the lowest value an override may set, :mod:`attacks.budgets`)."""
-    from attacks.base import ATTACKS
-    from attacks.registry import attack_ids, make_attack
+    (``floors``: budget parameter → the lowest value an override may set, :mod:`gauntlet.attacks.budgets`)."""
+    from gauntlet.attacks.base import ATTACKS
+    from gauntlet.attacks.registry import attack_ids, make_attack
 
     out = {}
     for attack_id in attack_ids():

@@ -9,11 +9,11 @@ upper bound, so an example certified at a threat and broken by an attack is a bu
 somewhere (or, for smoothing, an α-probability event).
 
 * ``randomized-smoothing``: CERTIFY (Cohen et al. 2019) over all examples at once
-  (:mod:`benchmark.certification.smoothing`), or, with ``sequential=True``, the staged
-  test of :mod:`benchmark.certification.sequential`, which stops sampling an example
+  (:mod:`gauntlet.benchmark.certification.smoothing`), or, with ``sequential=True``, the staged
+  test of :mod:`gauntlet.benchmark.certification.sequential`, which stops sampling an example
   once every threat's radius is decided.
 * ``lipschitz``: radius = margin / (√2·L) with the model's guaranteed bound L
-  (:mod:`defenses.lipschitz`).
+  (:mod:`gauntlet.defenses.lipschitz`).
 
 An example is certified at a threat when it is correct and its radius is at least the
 threat's ℓ2 radius (ε·√d; for ℓ∞ the ℓ2 ball of radius ε·√d contains the ℓ∞ ball).
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.certification.sequential import DEFAULT_STAGES, certify_sequential
-from benchmark.certification.smoothing import certify, finite, max_radius
-from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
-from benchmark.threats import ThreatModel
+from gauntlet.benchmark.certification.sequential import DEFAULT_STAGES, certify_sequential
+from gauntlet.benchmark.certification.smoothing import certify, finite, max_radius
+from gauntlet.benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
+from gauntlet.benchmark.threats import ThreatModel
 
 #: Points of the certified-accuracy-versus-radius curve (besides the threats' radii).
 CURVE_POINTS = 41
@@ -140,7 +140,7 @@ def _certify_smoothing(cert, defense: nn.Module, x: torch.Tensor, radii: list[fl
 
 
 def _certify_lipschitz(defense: nn.Module, x: torch.Tensor, batch: int = 500):
-    from defenses.lipschitz import margin_certificate
+    from gauntlet.defenses.lipschitz import margin_certificate
 
     if len(getattr(defense, "steps", ())) > 0:
         raise ValueError("lipschitz certificate: the defense has preprocessing steps, whose "
@@ -168,7 +168,7 @@ def certify_submission(sub, defense: nn.Module, x: torch.Tensor, y: torch.Tensor
     """Certify a submission's defense on the given examples.
 
     Args:
-        sub: the :class:`benchmark.registry.Submission` (its manifest's ``certify`` block).
+        sub: the :class:`gauntlet.benchmark.registry.Submission` (its manifest's ``certify`` block).
         defense: its built defense (``build_defense``), on ``device``.
         x: the examples (N, C, H, W) in [0, 1], in evaluation order.
         y: their labels.

@@ -30,8 +30,8 @@ from typing import Any, Callable
 # the cores are shared; it must be set before torch is imported (workers inherit it).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmark.report import add_parser as add_report_parser
-from benchmark.report import cmd_report
+from gauntlet.benchmark.report import add_parser as add_report_parser
+from gauntlet.benchmark.report import cmd_report
 
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 #: RunConfig fields whose command-line option is not ``--`` + the field with dashes.
@@ -135,7 +135,7 @@ def _message(e: Exception) -> str:
 
 
 def _config_problem(e: Exception) -> str:
-    """A :class:`benchmark.config.ConfigError` as ``--option: reason``."""
+    """A :class:`gauntlet.benchmark.config.ConfigError` as ``--option: reason``."""
     field = getattr(e, "field", None)
     if field is None:
         return str(e)
@@ -174,8 +174,8 @@ def _missing_submissions(folder: Path) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from benchmark.manifest import ManifestError
-    from benchmark.registry import manifest_paths, validate
+    from gauntlet.benchmark.manifest import ManifestError
+    from gauntlet.benchmark.registry import manifest_paths, validate
 
     try:
         paths = manifest_paths(args.paths or [Path("submissions")])
@@ -192,10 +192,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from attacks.registry import attack_ids, make_attack
-    from benchmark.datasets import DATASETS
-    from benchmark.registry import manifest_paths, validate
-    from benchmark.threats import FIXED_THREATS, get_threat
+    from gauntlet.attacks.registry import attack_ids, make_attack
+    from gauntlet.benchmark.datasets import DATASETS
+    from gauntlet.benchmark.registry import manifest_paths, validate
+    from gauntlet.benchmark.threats import FIXED_THREATS, get_threat
 
     if not args.submissions.exists():
         return _bad(_missing_submissions(args.submissions))
@@ -221,12 +221,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from benchmark.config import MAX_SEED, ConfigError, resolve_device
-    from benchmark.datasets import DatasetError
-    from benchmark.manifest import ManifestError
-    from benchmark.registry import load_submission, semantic_problems
-    from benchmark.sandbox import SandboxUnavailable, train_in_sandbox
-    from benchmark.training import TrainingError, train_submission
+    from gauntlet.benchmark.config import MAX_SEED, ConfigError, resolve_device
+    from gauntlet.benchmark.datasets import DatasetError
+    from gauntlet.benchmark.manifest import ManifestError
+    from gauntlet.benchmark.registry import load_submission, semantic_problems
+    from gauntlet.benchmark.sandbox import SandboxUnavailable, train_in_sandbox
+    from gauntlet.benchmark.training import TrainingError, train_submission
 
     if not args.id or args.id in (".", "..") or "/" in args.id or os.sep in args.id:
         return _bad(f"id: expected a submission folder name, got {args.id!r}")
@@ -274,7 +274,7 @@ def _site_problem(site: Path, results: Path) -> str | None:
     ``defenses/``), or one that holds or lies inside the result folder, that deletes
     files it did not write.
     """
-    from leaderboard.site import GENERATED
+    from gauntlet.leaderboard.site import GENERATED
 
     s, r = site.resolve(), results.resolve()
     if s == r or s in r.parents or r in s.parents:
@@ -287,8 +287,8 @@ def _site_problem(site: Path, results: Path) -> str | None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmark.results import ResultError
-    from leaderboard.site import build_site
+    from gauntlet.benchmark.results import ResultError
+    from gauntlet.leaderboard.site import build_site
 
     if not args.results.is_dir():
         return _bad(f"{args.results}: (path): no result folder; run 'gauntlet run' first")
@@ -296,7 +296,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if problem:
         return _bad(problem)
     try:
-        from benchmark.catalog import fallback_catalog
+        from gauntlet.benchmark.catalog import fallback_catalog
 
         index = build_site(args.results, args.site, args.submissions, fallback_catalog(args.results))
     except ResultError as e:
@@ -306,10 +306,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _summary_table(results_dir: Path, threats: tuple[str, ...]) -> str:
-    from benchmark.results import iter_results
+    from gauntlet.benchmark.results import iter_results
     import pandas as pd
 
-    from benchmark.flags import worst_case_accuracy
+    from gauntlet.benchmark.flags import worst_case_accuracy
 
     rows: dict[tuple, dict] = {}
     groups: dict[tuple, list] = {}
@@ -337,8 +337,8 @@ def _run_config(args: argparse.Namespace) -> Any:
     Raises:
         ValueError: ``--option: reason`` (threat ids, executor, every RunConfig check).
     """
-    from benchmark.config import ConfigError, RunConfig
-    from benchmark.threats import FIXED_THREATS, get_threat
+    from gauntlet.benchmark.config import ConfigError, RunConfig
+    from gauntlet.benchmark.threats import FIXED_THREATS, get_threat
 
     if args.no_isolation and args.executor not in (None, "in-process"):
         raise ValueError(f"--executor: {args.executor!r} contradicts --no-isolation (in-process)")
@@ -363,8 +363,8 @@ def _run_config(args: argparse.Namespace) -> Any:
 
 def _check_run_options(args: argparse.Namespace) -> list[str]:
     """Problems with ``gauntlet run``'s options found without running anything."""
-    from attacks.registry import make_attack
-    from benchmark.registry import manifest_paths
+    from gauntlet.attacks.registry import make_attack
+    from gauntlet.benchmark.registry import manifest_paths
 
     if not args.submissions.exists():
         return [_missing_submissions(args.submissions)]
@@ -389,11 +389,11 @@ def _summary_line(summary: Any, results: Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark import runner
-    from benchmark.datasets import DatasetError
-    from benchmark.manifest import ManifestError
-    from benchmark.results import ResultError
-    from benchmark.sandbox import SandboxUnavailable
+    from gauntlet.benchmark import runner
+    from gauntlet.benchmark.datasets import DatasetError
+    from gauntlet.benchmark.manifest import ManifestError
+    from gauntlet.benchmark.results import ResultError
+    from gauntlet.benchmark.sandbox import SandboxUnavailable
 
     try:
         cfg = _run_config(args)
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _schema() -> dict:
-    from benchmark.manifest import json_schema
+    from gauntlet.benchmark.manifest import json_schema
 
     return json_schema()
 

@@ -1,7 +1,7 @@
 """What a result's config hash says about the code behind it.
 
-A result can depend on any module of the harness (an attack, :mod:`attacks.adaptive`,
-:mod:`attacks.losses`, the runner, the scorer, a certifier, a defense building block),
+A result can depend on any module of the harness (an attack, :mod:`gauntlet.attacks.adaptive`,
+:mod:`gauntlet.attacks.losses`, the runner, the scorer, a certifier, a defense building block),
 so the hash covers every Python source file of the packages that compute results —
 ``benchmark``, ``attacks`` and ``defenses`` — and every file of the submission folder
 (manifest, weights, the submission's own code). Hashing the whole tree is cheap (a few
@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 #: Packages whose every ``.py`` file is hashed (imported by name, found by their folder).
-HASHED_PACKAGES = ("benchmark", "attacks", "defenses")
+HASHED_PACKAGES = ("gauntlet.benchmark", "gauntlet.attacks", "gauntlet.defenses")
 _SKIP = ("__pycache__",)
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from benchmark.profiles import PROFILES
-from benchmark.sandbox import SANDBOX_MODES
-from benchmark.threats import FIXED_THREATS, get_threat
+from gauntlet.benchmark.profiles import PROFILES
+from gauntlet.benchmark.sandbox import SANDBOX_MODES
+from gauntlet.benchmark.threats import FIXED_THREATS, get_threat
 
 #: Where jobs can run (:attr:`RunConfig.executor`).
 EXECUTORS = ("local", "in-process", "ray")
@@ -93,12 +93,12 @@ class RunConfig:
     #: CPU with isolation, else 1). Results do not depend on it: every job seeds itself.
     workers: int | None = None
     #: Run each attack after the baselines only on the examples still robust
-    #: (:mod:`benchmark.cascade`); False: every attack on every example.
+    #: (:mod:`gauntlet.benchmark.cascade`); False: every attack on every example.
     cascade: bool = True
-    #: Where jobs run (:mod:`benchmark.executors`): "local" (worker processes with time
+    #: Where jobs run (:mod:`gauntlet.benchmark.executors`): "local" (worker processes with time
     #: and memory limits), "in-process" (debugging; same as ``isolate=False``) or "ray".
     executor: str = "local"
-    #: Where submitted code runs (:mod:`benchmark.sandbox`): "bwrap" (bubblewrap, one
+    #: Where submitted code runs (:mod:`gauntlet.benchmark.sandbox`): "bwrap" (bubblewrap, one
     #: sandbox per submission, reached through logits and VJPs) or "none" (built in the
     #: worker with the runner's privileges: ``--unsafe-no-sandbox``).
     sandbox: str = "bwrap"

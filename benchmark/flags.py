@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 #: Which attacks a flag compares is read from the traits every attack record carries
-#: (``attack.traits``, declared on the attack class: :data:`attacks.base.TRAITS`), never
+#: (``attack.traits``, declared on the attack class: :data:`gauntlet.attacks.base.TRAITS`), never
 #: from a list of ids, so a new attack is counted by declaring its traits. Records written
 #: before traits were recorded take them from the registry by id.
 
@@ -29,8 +29,8 @@ def traits(record: dict[str, Any]) -> dict[str, bool]:
     if recorded is not None:
         return dict(recorded)
     try:
-        from attacks.base import ATTACKS
-        from attacks.registry import attack_ids
+        from gauntlet.attacks.base import ATTACKS
+        from gauntlet.attacks.registry import attack_ids
 
         attack_ids()  # load the registry
         return ATTACKS.get(record["attack"]["id"]).traits()

@@ -3,7 +3,7 @@
 A :class:`JobRunner` owns one persistent *worker* process, started with the
 ``spawn`` method (never a plain ``fork`` of a process whose torch thread pools are
 running). The worker imports torch once, keeps the last built defense (per
-submission, see :func:`benchmark.worker.submission_run`) and receives one job at a time through
+submission, see :func:`gauntlet.benchmark.worker.submission_run`) and receives one job at a time through
 a pipe: a ``"module:function"`` name and picklable arguments. The parent watches the
 job and kills the worker, with every process it started, when
 
@@ -20,8 +20,8 @@ sets ``RLIMIT_AS`` (its address space at start plus twice the memory limit) as a
 second guard against an allocation too fast for the parent to see; never on CUDA,
 where reserving device memory needs a large address space.
 
-The benchmark's jobs that run *in* the worker enter through :mod:`benchmark.worker`;
-the executors (:mod:`benchmark.executors`) own the runners.
+The benchmark's jobs that run *in* the worker enter through :mod:`gauntlet.benchmark.worker`;
+the executors (:mod:`gauntlet.benchmark.executors`) own the runners.
 
 This module imports no torch at import time, so a worker that only runs light jobs
 (the tests) starts in a fraction of a second.

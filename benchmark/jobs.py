@@ -3,7 +3,7 @@
 
 Each job returns an :data:`Outcome` — ``("computed", record)``, ``("reused", None)`` when
 the result on disk already has this job's config hash, or ``("not-applicable", None)`` —
-and writes nothing: the orchestrator (:mod:`benchmark.runner`) is the only writer of
+and writes nothing: the orchestrator (:mod:`gauntlet.benchmark.runner`) is the only writer of
 result files. Everything a job needs from other jobs (the cascade's candidates, the
 records a flags job reads) is handed to it as data.
 """
@@ -18,22 +18,22 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from attacks.adaptive import observed_gradients
-from attacks.base import AttackContext, defense_facts
-from attacks.registry import make_attack
-from benchmark import results as rf
-from benchmark.code_hash import code_hash, submission_files_hash
-from benchmark.config import RunConfig, job_seed
-from benchmark.datasets import get_dataset
-from benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
-from benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
-from benchmark.profiles import Profile
-from benchmark.registry import Submission
-from benchmark.sandbox import open_defense
-from benchmark.scoring import Scores, declared_randomness_check, score
-from benchmark.streams import RowStreams
-from benchmark.surrogates import has_surrogate
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import observed_gradients
+from gauntlet.attacks.base import AttackContext, defense_facts
+from gauntlet.attacks.registry import make_attack
+from gauntlet.benchmark import results as rf
+from gauntlet.benchmark.code_hash import code_hash, submission_files_hash
+from gauntlet.benchmark.config import RunConfig, job_seed
+from gauntlet.benchmark.datasets import get_dataset
+from gauntlet.benchmark.flags import ZERO_GRAD_THRESHOLD, compute_flags
+from gauntlet.benchmark.intervals import LEVEL, METHOD, accuracy_interval, rounded
+from gauntlet.benchmark.profiles import Profile
+from gauntlet.benchmark.registry import Submission
+from gauntlet.benchmark.sandbox import open_defense
+from gauntlet.benchmark.scoring import Scores, declared_randomness_check, score
+from gauntlet.benchmark.streams import RowStreams
+from gauntlet.benchmark.surrogates import has_surrogate
+from gauntlet.benchmark.threats import ThreatModel
 
 #: What a job returns: (status, record or None).
 Outcome = tuple[str, "dict[str, Any] | None"]
@@ -65,7 +65,7 @@ class SubmissionRun:
         #: run whose attacks are all reused never needs it); empty without a sandbox.
         self.sandboxes: list = []
         if cfg.sandbox == "bwrap":
-            from benchmark.sandbox import Sandbox
+            from gauntlet.benchmark.sandbox import Sandbox
 
             self.sandboxes.append(Sandbox(sub.folder, str(device)))
         try:
@@ -103,7 +103,7 @@ class SubmissionRun:
         scorer = self.defense
         if self.sandboxes:
             if len(self.sandboxes) == 1:
-                from benchmark.sandbox import Sandbox
+                from gauntlet.benchmark.sandbox import Sandbox
 
                 self.sandboxes.append(Sandbox(self.sub.folder, str(self.device)))
             scorer = open_defense(self.sub, self.device, self.threads, self.sandboxes[1], wipe=True)
@@ -148,10 +148,10 @@ class SubmissionRun:
         return self._gradients
 
     def facts(self) -> dict[str, bool]:
-        """:func:`attacks.base.defense_facts`, with the observed-gradients fact measured
+        """:func:`gauntlet.attacks.base.defense_facts`, with the observed-gradients fact measured
         first, so that every record of the submission (attack, certify, flags) carries the
         same facts whichever job a worker runs first; plus ``surrogate``: whether the
-        project declares a surrogate for the dataset (:mod:`benchmark.surrogates`)."""
+        project declares a surrogate for the dataset (:mod:`gauntlet.benchmark.surrogates`)."""
         self.gradients  # noqa: B018 - measures and sets zero_gradients on first use
         return {**defense_facts(self.defense), "surrogate": has_surrogate(self.dataset.id)}
 
@@ -179,7 +179,7 @@ class SubmissionRun:
 
     def base_config(self, kind: str) -> dict[str, Any]:
         """What every job of this submission depends on (hashed into its config hash): the
-        slice, the submission's every file, the whole harness source (:mod:`benchmark.code_hash`),
+        slice, the submission's every file, the whole harness source (:mod:`gauntlet.benchmark.code_hash`),
         the seed, draws, batch size (results are not batch-invariant: docs/results.md),
         device type and torch version."""
         return {"schema_version": rf.SCHEMA_VERSION, "kind": kind, "dataset": self.dataset.id,
@@ -198,7 +198,7 @@ class SubmissionRun:
         defense's facts: ``("not-applicable", None)``; else ``("computed", record)``.
 
         ``candidates``: per example, whether the cascade hands it to this attack (False:
-        an earlier attack broke it, :mod:`benchmark.cascade`); None: every example. Only
+        an earlier attack broke it, :mod:`gauntlet.benchmark.cascade`); None: every example. Only
         clean-correct candidates are attacked.
         """
         override = self.overrides.get(attack_id)
@@ -327,7 +327,7 @@ def _merge_info(infos: list[tuple[int, dict]]) -> dict[str, Any]:
 
 def certify_job(run: SubmissionRun, threats: list[ThreatModel], existing: str | None = None) -> Outcome:
     """Certify a submission (``("reused", None)`` when ``existing`` is this job's config hash)."""
-    from benchmark.certify import certify_submission
+    from gauntlet.benchmark.certify import certify_submission
 
     spec = run.sub.manifest.certify
     run_id = f"{run.dataset.id}/{run.sub.id}/certify/{spec.method}"
@@ -351,7 +351,7 @@ def flags_job(run: SubmissionRun, threat: ThreatModel, records: dict[str, dict],
     this job's config hash)."""
     cert = None
     if certificate is not None:
-        from benchmark.certify import consistency_violations
+        from gauntlet.benchmark.certify import consistency_violations
 
         pe = certificate["per_example"]
         r = threat.l2_radius(run.dataset.dim)
@@ -375,14 +375,14 @@ def flags_job(run: SubmissionRun, threat: ThreatModel, records: dict[str, dict],
 
 def surrogate_loader(cfg: RunConfig, dataset_id: str, device: torch.device) -> Callable[[], nn.Module | None]:
     """The transfer attack's surrogate, built on first use: the project's surrogate of the
-    dataset (:mod:`benchmark.surrogates`), loaded from the repository, never from
+    dataset (:mod:`gauntlet.benchmark.surrogates`), loaded from the repository, never from
     ``cfg.submissions_dir``; None when the project declares none (the transfer attack is
     then not applicable: the ``surrogate`` fact).
 
     Raises (on first use):
-        benchmark.surrogates.SurrogateError: the declared surrogate is missing or invalid.
+        gauntlet.benchmark.surrogates.SurrogateError: the declared surrogate is missing or invalid.
     """
-    from benchmark.surrogates import load_surrogate
+    from gauntlet.benchmark.surrogates import load_surrogate
 
     cache: list[nn.Module | None] = []
 

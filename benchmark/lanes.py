@@ -1,10 +1,10 @@
 """Lanes, slots and retries: what every executor shares (:class:`LaneExecutor`), the
 :class:`Executor` protocol the orchestrator uses, and the :class:`Task` it hands out.
 
-An executor takes :class:`Task` objects (a :class:`~benchmark.plan.JobSpec` with the
+An executor takes :class:`Task` objects (a :class:`~gauntlet.benchmark.plan.JobSpec` with the
 inputs the orchestrator resolved) and hands back, one at a time, each finished task with
-its :class:`~benchmark.isolation.JobOutcome`. It writes nothing; the orchestrator
-(:mod:`benchmark.runner`) does.
+its :class:`~gauntlet.benchmark.isolation.JobOutcome`. It writes nothing; the orchestrator
+(:mod:`gauntlet.benchmark.runner`) does.
 
 Jobs are grouped in *lanes*, one per submission: a lane's jobs run one at a time in the
 same worker, which keeps the built defense between them, and a lane holds its worker
@@ -20,15 +20,15 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from benchmark.isolation import JobOutcome
+from gauntlet.benchmark.isolation import JobOutcome
 
 if TYPE_CHECKING:
-    from benchmark.config import RunConfig
-    from benchmark.plan import JobSpec
-    from benchmark.worker import JobInputs
+    from gauntlet.benchmark.config import RunConfig
+    from gauntlet.benchmark.plan import JobSpec
+    from gauntlet.benchmark.worker import JobInputs
 
 #: The worker-side entry point every task calls.
-ENTRY = "benchmark.worker:execute"
+ENTRY = "gauntlet.benchmark.worker:execute"
 #: Extra attempts for a task whose worker died.
 RETRIES = 2
 

@@ -2,7 +2,7 @@
 
 A manifest is read with ``yaml.safe_load`` (no YAML tag executes code) into pydantic
 models that reject unknown keys. Validating a manifest imports no defense code: factory
-names are checked by reading the module's source (:mod:`benchmark.registry`).
+names are checked by reading the module's source (:mod:`gauntlet.benchmark.registry`).
 The JSON Schema for submitters is :func:`json_schema` (``gauntlet schema``).
 
 A manifest is untrusted input, so reading one is bounded before PyYAML builds anything
@@ -84,7 +84,7 @@ class ModelSpec(Factory):
 class DefenseSpec(_Strict):
     """Preprocessing steps applied, in order, in front of the model."""
 
-    steps: list[Factory] = Field(default_factory=list, description="Steps, each a factory returning a defenses.pipeline.Step (optionally with weights).")
+    steps: list[Factory] = Field(default_factory=list, description="Steps, each a factory returning a gauntlet.defenses.pipeline.Step (optionally with weights).")
     factory: str | None = Field(default=None, pattern=FACTORY_PATTERN, max_length=MAX_FACTORY_CHARS,
                                 description="Optional 'module:Name' wrapping (classifier, steps) into a Defense subclass.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for that wrapper.")

@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
-from attacks.registry import make_attack
-from benchmark.cascade import order
-from benchmark.results import attack_run_id
-from benchmark.threats import ThreatModel, get_threat, sweep_threats
+from gauntlet.attacks.registry import make_attack
+from gauntlet.benchmark.cascade import order
+from gauntlet.benchmark.results import attack_run_id
+from gauntlet.benchmark.threats import ThreatModel, get_threat, sweep_threats
 
 if TYPE_CHECKING:
-    from benchmark.registry import Submission
+    from gauntlet.benchmark.registry import Submission
 
 KINDS = ("prepare", "attack", "certify", "flags")
 UNBOUNDED = "linf-inf"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from benchmark.threats import SWEEPS
+from gauntlet.benchmark.threats import SWEEPS
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,14 @@
 
 Each lane (one submission) gets a Ray actor, :class:`LaneHost`, that declares its
 resources (one CPU, or one GPU for a CUDA run, and the job memory limit) and hosts a
-:class:`~benchmark.isolation.JobRunner` on its node, so a job there has the same
+:class:`~gauntlet.benchmark.isolation.JobRunner` on its node, so a job there has the same
 wall-clock and memory limits as on one machine, and the lane's jobs share the built
 defense. Results come back to the driver as data; the orchestrator writes them
-(:mod:`benchmark.runner`), so resuming and merging work exactly as on one machine.
+(:mod:`gauntlet.benchmark.runner`), so resuming and merging work exactly as on one machine.
 
 An actor that dies (its process killed, the node's OOM killer, a lost node) fails its
 task with a :class:`ray.exceptions.RayError`; the lane gets a fresh actor and the task
-is retried (:data:`benchmark.lanes.RETRIES`), then recorded as a ``crash``.
+is retried (:data:`gauntlet.benchmark.lanes.RETRIES`), then recorded as a ``crash``.
 
 Needs ``pip install -e ".[ray]"``; every node needs the same checkout (submissions
 included) and data folder at the same paths (docs/scale-out.md).
@@ -20,11 +20,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from benchmark.lanes import ENTRY, LaneExecutor, Task
-from benchmark.isolation import JobOutcome, JobRunner
+from gauntlet.benchmark.lanes import ENTRY, LaneExecutor, Task
+from gauntlet.benchmark.isolation import JobOutcome, JobRunner
 
 if TYPE_CHECKING:
-    from benchmark.config import RunConfig
+    from gauntlet.benchmark.config import RunConfig
 
 #: Environment variables the driver passes to every Ray worker.
 FORWARDED_ENV = ("GAUNTLET_DATA", "GAUNTLET_CACHE", "OMP_WAIT_POLICY", "MPLBACKEND")
@@ -34,7 +34,7 @@ class LaneHost:
     """The Ray actor of one lane: a job runner (a child process with limits) on its node."""
 
     def __init__(self, timeout_s: float, memory_mb: int, device: str, threads: int | None) -> None:
-        self.runner = JobRunner(timeout_s, memory_mb, device, preload=("benchmark.jobs",), threads=threads,
+        self.runner = JobRunner(timeout_s, memory_mb, device, preload=("gauntlet.benchmark.jobs",), threads=threads,
                                 start_method="forkserver")
 
     def run(self, fn: str, args: tuple) -> JobOutcome:

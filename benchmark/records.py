@@ -1,8 +1,8 @@
 """The result-file schema: typed models of the four record kinds, checked on write and on read.
 
 The schema's single source (docs/results.md describes it and its value rules): the
-writer (:func:`benchmark.results.write_result`) and every reader (through
-:func:`benchmark.results.read_result`) call :func:`validate`, which fails with one line
+writer (:func:`gauntlet.benchmark.results.write_result`) and every reader (through
+:func:`gauntlet.benchmark.results.read_result`) call :func:`validate`, which fails with one line
 ``<file>: <field>: <reason>``. Values are checked, not only structure, because a reader
 that coerces shows a wrong number instead of failing: ``float("1")`` is 100%, ``5.0`` is
 500%, NaN drops out of a ranking. Fields the models do not know pass unchecked (a newer
@@ -28,7 +28,7 @@ READABLE_SCHEMAS = (1, 2)
 KINDS = ("attack", "flags", "certify", "error")
 #: Job kinds of an error record (``job.kind``).
 JOB_KINDS = ("prepare", "attack", "certify", "flags")
-#: Error kinds (``error.kind``), as :mod:`benchmark.isolation` reports them.
+#: Error kinds (``error.kind``), as :mod:`gauntlet.benchmark.isolation` reports them.
 ERROR_KINDS = ("timeout", "memory", "crash", "exception")
 
 

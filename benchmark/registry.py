@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.datasets import DATASETS
-from benchmark.manifest import (Factory, Manifest, ManifestError, parse_manifest, read_manifest_bytes,
+from gauntlet.benchmark.datasets import DATASETS
+from gauntlet.benchmark.manifest import (Factory, Manifest, ManifestError, parse_manifest, read_manifest_bytes,
                                 sha256_file)
-from benchmark.threats import get_threat
+from gauntlet.benchmark.threats import get_threat
 
 MANIFEST_NAME = "manifest.yaml"
 #: Largest weights or data file a submission may ship (docs/submitting.md).
@@ -56,10 +56,13 @@ MAX_WEIGHTS_BYTES = 8 * 1024 * 1024
 MAX_MODULE_BYTES = 1024 * 1024
 #: Most files and folders a submission folder may hold (it is walked at validation).
 MAX_FOLDER_ENTRIES = 1000
-#: The one project package a manifest may name code from.
+#: The one project package a manifest may name code from, as manifests spell it
+#: (``defenses.models:SmallCNN``, short for ``gauntlet.defenses.models:SmallCNN``; both resolve).
 FACTORY_PACKAGE = "defenses"
-#: The project's own top-level packages (no submission module may take their names).
-PROJECT_PACKAGES = frozenset({"attacks", "benchmark", "defenses", "leaderboard", "gauntlet_submissions"})
+#: The project's own names (no submission module may take them): the installed namespace,
+#: its subpackages' folder names (which a checkout's root puts on ``sys.path``) and the
+#: namespace that submitted modules are imported under.
+PROJECT_PACKAGES = frozenset({"gauntlet", "attacks", "benchmark", "defenses", "leaderboard", "gauntlet_submissions"})
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -103,7 +106,7 @@ def manifest_paths(targets: list[Path]) -> list[Path]:
     """Manifest files named by ``targets``: files, submission folders, or trees of them.
 
     Anything named ``manifest.yaml`` counts, links and FIFOs included, so that reading it
-    refuses it (:func:`benchmark.manifest.read_manifest_bytes`) instead of a submission
+    refuses it (:func:`gauntlet.benchmark.manifest.read_manifest_bytes`) instead of a submission
     silently missing from the run.
     """
     found: list[Path] = []
@@ -231,6 +234,17 @@ def folder_problems(folder: Path) -> list[str]:
     return out
 
 
+def factory_package_parts(module: str) -> list[str] | None:
+    """The path of ``module`` inside the project's defenses package, or None when it names
+    another module: ``defenses.models`` and ``gauntlet.defenses.models`` → ``["models"]``."""
+    parts = module.split(".")
+    if parts[0] == FACTORY_PACKAGE:
+        return parts[1:]
+    if parts[:2] == ["gauntlet", FACTORY_PACKAGE]:
+        return parts[2:]
+    return None
+
+
 def locate_module(module: str, folder: Path) -> tuple[Path | None, str | None]:
     """The file a factory's module names, found by path only: ``(path, None)`` or ``(None, why not)``.
 
@@ -238,13 +252,15 @@ def locate_module(module: str, folder: Path) -> tuple[Path | None, str | None]:
     module is ``<folder>/<module path>.py``, unless its top-level name is reserved
     (:func:`is_reserved_module_name`), which a factory may never name.
     """
-    parts = module.split(".")
-    if parts[0] == FACTORY_PACKAGE:
+    inner = factory_package_parts(module)
+    if inner is not None:
+        parts = [FACTORY_PACKAGE, *inner]
         for candidate in (_PROJECT_ROOT.joinpath(*parts[:-1], parts[-1] + ".py"),
                           _PROJECT_ROOT.joinpath(*parts, "__init__.py")):
             if candidate.is_file():
                 return candidate, None
         return None, f"module {module!r} not found in the project's {FACTORY_PACKAGE} package"
+    parts = module.split(".")
     if is_reserved_module_name(parts[0]):
         return None, (f"module {module!r} is not allowed: a factory names a module of the submission folder "
                       f"(<module>.py) or of the project's {FACTORY_PACKAGE} package, never a standard-library "
@@ -268,7 +284,7 @@ def _allowed_import(node: ast.ImportFrom, local: bool) -> bool:
     if node.level > 0 or not node.module:
         return True
     top = node.module.split(".")[0]
-    return top == FACTORY_PACKAGE or (local and not is_reserved_module_name(top))
+    return factory_package_parts(node.module) is not None or (local and not is_reserved_module_name(top))
 
 
 def _top_level_names(source: str, local: bool = True) -> tuple[list[str], dict[str, str]]:
@@ -303,7 +319,7 @@ def check_factory(spec: str, folder: Path) -> str | None:
     except (OSError, UnicodeDecodeError) as e:
         return f"module {module!r} ({origin}) cannot be read: {e}"
     try:
-        names, foreign = _top_level_names(source, local=module.split(".")[0] != FACTORY_PACKAGE)
+        names, foreign = _top_level_names(source, local=factory_package_parts(module) is None)
     except SyntaxError as e:
         return f"module {module!r} ({origin}) has a syntax error at line {e.lineno}"
     except (ValueError, RecursionError, MemoryError) as e:  # null bytes, absurd nesting
@@ -328,8 +344,9 @@ def resolve(spec: str, folder: Path, submission_id: str) -> Any:
     path, problem = locate_module(module, folder)
     if path is None:
         raise ValueError(f"{spec}: {problem}")
-    if module.split(".")[0] == FACTORY_PACKAGE:
-        mod = importlib.import_module(module)
+    inner = factory_package_parts(module)
+    if inner is not None:
+        mod = importlib.import_module(".".join(["gauntlet", FACTORY_PACKAGE, *inner]))
         if Path(getattr(mod, "__file__", None) or "").resolve() != path:  # a `defenses` earlier on sys.path
             raise ValueError(f"{spec}: imported {getattr(mod, '__file__', None)}, not the project's {path}")
     else:
@@ -387,7 +404,7 @@ def load_weights(folder: Path, spec: Factory) -> dict[str, torch.Tensor]:
 
 def semantic_problems(sub: Submission, check_weights: bool = True) -> list[str]:
     """Problems a schema cannot see, as ``file: field: reason`` (imports no defense code)."""
-    from attacks.registry import override_problems  # attack registry only; no defense code
+    from gauntlet.attacks.registry import override_problems  # attack registry only; no defense code
 
     m, where, out = sub.manifest, sub.path, []
     out.extend(f"{where}: (folder): {reason}" for reason in folder_problems(sub.folder))
@@ -483,7 +500,7 @@ def build_defense(sub: Submission, device: str | torch.device = "cpu",
     Args:
         classifier: use this model instead of loading the manifest's weights (training).
     """
-    from defenses.pipeline import Defense
+    from gauntlet.defenses.pipeline import Defense
 
     m = sub.manifest
     model = classifier if classifier is not None else build_classifier(sub)

@@ -2,14 +2,14 @@
 
 :class:`RemoteDefense` stands where a built defense stood. Calling it, its
 ``classifier``, ``base_logits`` or ``reparameterization`` sends the batch to the defense
-server in the sandbox (:mod:`benchmark.defense_server`) and returns its output; under
+server in the sandbox (:mod:`gauntlet.benchmark.defense_server`) and returns its output; under
 autograd the output's backward is the server's vector–Jacobian product, so every attack
 runs unchanged and no attack code runs where the defense does. The adaptive view
 (BPDA, EOT with k draws) is computed in the sandbox too (:meth:`RemoteDefense.served_view`,
-which :class:`attacks.adaptive.AdaptiveView` delegates to): one call per k draws.
+which :class:`gauntlet.attacks.adaptive.AdaptiveView` delegates to): one call per k draws.
 
 Labels, attacks, scores and result files stay here; what crosses is inputs, cotangents,
-outputs and gradients (:mod:`benchmark.channel`).
+outputs and gradients (:mod:`gauntlet.benchmark.channel`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.channel import Channel, ChannelClosed, ProtocolError
+from gauntlet.benchmark.channel import Channel, ChannelClosed, ProtocolError
 
 
 class DefenseError(RuntimeError):

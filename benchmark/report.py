@@ -10,7 +10,7 @@ exact 95% interval and the strongest single attack, at the two fixed threats
 naive-versus-adaptive gap shows at larger ε). Every ε of a sweep is a full threat model:
 every applicable attack runs there.
 
-Every number comes from result files through :mod:`leaderboard.aggregate` (the site's
+Every number comes from result files through :mod:`gauntlet.leaderboard.aggregate` (the site's
 numbers); nothing is re-implemented here. ``gauntlet report [--results DIR] [--readme
 README.md]`` rewrites the text between ``<!-- gauntlet:table:start -->`` and
 ``<!-- gauntlet:table:end -->`` (:func:`update_readme`).
@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmark.intervals import percent
-from benchmark.summary import md
+from gauntlet.benchmark.intervals import percent
+from gauntlet.benchmark.summary import md
 
 START = "<!-- gauntlet:table:start -->"
 END = "<!-- gauntlet:table:end -->"
@@ -50,7 +50,7 @@ def _pct(v: Any) -> str:
 
 def _cell(board: Any, dataset: str, defense: str, threat: str, notes: set[str]) -> str:
     """``naive → **worst case** [interval] (strongest attack)`` at one threat, with markers."""
-    from leaderboard import aggregate as agg
+    from gauntlet.leaderboard import aggregate as agg
 
     wc = agg.worst_case(board, dataset, defense, threat)
     failed = agg.failed_attacks(board, dataset, defense, threat)
@@ -82,13 +82,13 @@ def render_table(results_dir: Path) -> str:
         Markdown: a one-line profile note, the table and its footnotes.
 
     Raises:
-        benchmark.results.ResultError: naming the file, for an unreadable result or a
+        gauntlet.benchmark.results.ResultError: naming the file, for an unreadable result or a
             missing folder.
     """
-    from benchmark.threats import FIXED_THREATS
-    from leaderboard import aggregate as agg
+    from gauntlet.benchmark.threats import FIXED_THREATS
+    from gauntlet.leaderboard import aggregate as agg
 
-    from benchmark.catalog import fallback_catalog
+    from gauntlet.benchmark.catalog import fallback_catalog
 
     board = agg.load_board(Path(results_dir), catalog=fallback_catalog(results_dir))
     threats = list(FIXED_THREATS) + [t for t in SWEEP_POINTS if any(r.threat == t for r in board.runs)]
@@ -151,7 +151,7 @@ def update_readme(readme: Path, results_dir: Path) -> bool:
     Raises:
         ReportError: naming the file, when the markers are missing, repeated or reversed.
         OSError: the file cannot be read or written.
-        benchmark.results.ResultError: an unreadable result file.
+        gauntlet.benchmark.results.ResultError: an unreadable result file.
     """
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
@@ -188,7 +188,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_report(args: argparse.Namespace) -> int:
     """``gauntlet report``: 0 on success (changed or not), 2 on bad input (missing folder,
     file or markers, unreadable result), reported as ``error: file: reason``."""
-    from benchmark.results import ResultError
+    from gauntlet.benchmark.results import ResultError
 
     if not Path(args.results).is_dir():
         print(f"error: {args.results}: (path): no result folder; run 'gauntlet run' first", file=sys.stderr)

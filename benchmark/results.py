@@ -11,7 +11,7 @@ device) and per-example arrays. Numbers are numbers. A run whose ``config_hash``
 already has a file is skipped (resume). A write goes to a temporary file in the same
 folder and is renamed into place (``os.replace``), so a killed run never leaves a
 partial file. A reader that meets an unreadable file raises; it never skips it. The
-schema and its value rules are :mod:`benchmark.records`: the writer checks a record
+schema and its value rules are :mod:`gauntlet.benchmark.records`: the writer checks a record
 before writing it and the reader checks every file it reads.
 """
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any, Iterator
 
 import pydantic_core
 
-from benchmark import records
-# Re-exported: the schema (version, kinds, models, value rules) lives in benchmark.records.
-from benchmark.records import KINDS, READABLE_SCHEMAS, SCHEMA_VERSION, ResultError  # noqa: F401
+from gauntlet.benchmark import records
+# Re-exported: the schema (version, kinds, models, value rules) lives in gauntlet.benchmark.records.
+from gauntlet.benchmark.records import KINDS, READABLE_SCHEMAS, SCHEMA_VERSION, ResultError  # noqa: F401
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -55,7 +55,7 @@ def write_result(results_dir: Path, record: dict[str, Any]) -> Path:
     return the path.
 
     Raises:
-        ResultError: the record breaks the schema (:func:`benchmark.records.validate`):
+        ResultError: the record breaks the schema (:func:`gauntlet.benchmark.records.validate`):
             a harness bug, so nothing is written.
     """
     path = result_path(results_dir, record["run_id"])
@@ -93,7 +93,7 @@ def remove_stale_temporaries(results_dir: Path) -> int:
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    """Read one result file and check it against the schema (:mod:`benchmark.records`).
+    """Read one result file and check it against the schema (:mod:`gauntlet.benchmark.records`).
 
     Raises:
         ResultError: one line naming the file (and the field), when it cannot be parsed,
@@ -112,7 +112,7 @@ def _parse(text: str) -> tuple[Any, bool]:
     pydantic-core's parser is about twice as fast as :mod:`json` (which pays for the
     schema check of a whole results folder); it rejects NaN/Infinity tokens and lone
     surrogate escapes, so on any failure the standard parser decides, noting those tokens
-    for :func:`benchmark.records.validate` to locate.
+    for :func:`gauntlet.benchmark.records.validate` to locate.
 
     Raises:
         json.JSONDecodeError: not JSON.
@@ -145,7 +145,7 @@ def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
     ``manifest.json`` files (the manifest facts the runner copies beside a defense's
     results for the leaderboard) and the top-level ``attacks.json`` (the attack catalog,
-    :mod:`benchmark.catalog`) are not result files and are skipped.
+    :mod:`gauntlet.benchmark.catalog`) are not result files and are skipped.
     """
     root = Path(results_dir)
     for path in sorted(root.rglob("*.json")):

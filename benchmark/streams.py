@@ -8,8 +8,8 @@ the values the example has drawn so far. So an example draws the same numbers wh
 it is attacked alone, in a batch of 100, or after a cascade removed the examples an
 earlier attack broke, and an attack that stops early on a broken example changes no
 other example's draws. With one batch-invariant forward pass (see
-:data:`attacks.adaptive.MIN_ROWS_PER_PASS`) an example's whole trajectory then depends
-on itself only, which is what makes the cascade (:mod:`benchmark.cascade`) exact.
+:data:`gauntlet.attacks.adaptive.MIN_ROWS_PER_PASS`) an example's whole trajectory then depends
+on itself only, which is what makes the cascade (:mod:`gauntlet.benchmark.cascade`) exact.
 
 The functions :func:`rand`, :func:`randn`, :func:`randint`, :func:`signs` take either a
 :class:`RowStreams` whose rows are the tensor's first dimension, a ``torch.Generator``

@@ -1,6 +1,6 @@
 """A Markdown summary of a results folder, for a CI job summary (``$GITHUB_STEP_SUMMARY``).
 
-``python -m benchmark.summary RESULTS [--submissions DIR]`` prints, per dataset and fixed
+``python -m gauntlet.benchmark.summary RESULTS [--submissions DIR]`` prints, per dataset and fixed
 threat model, one row per defense: clean accuracy, the claimed accuracy (with its
 threat and source, and the claim's verdict), the measured per-example worst case over
 every attack, the certified accuracy, the raised gradient-masking flags, the attacks
@@ -11,7 +11,7 @@ is not significant). As on the site, a row with a failed attack is marked incomp
 left unranked (its worst case is over the attacks that finished, an upper bound) and a
 defense that could not be built shows its error instead of numbers. It reads result files and the
 ``manifest.json`` files the runner writes beside them only, through
-:mod:`leaderboard.aggregate`, so its numbers are the site's. Submitter strings are
+:mod:`gauntlet.leaderboard.aggregate`, so its numbers are the site's. Submitter strings are
 escaped for Markdown and HTML.
 """
 from __future__ import annotations
@@ -90,14 +90,14 @@ def render(results_dir: Path, submissions_dir: Path | None = None) -> str:
     """The Markdown summary of ``results_dir``.
 
     Raises:
-        benchmark.results.ResultError: an unreadable or malformed result file.
+        gauntlet.benchmark.results.ResultError: an unreadable or malformed result file.
     """
-    from leaderboard.aggregate import leaderboard, load_board
+    from gauntlet.leaderboard.aggregate import leaderboard, load_board
 
     results_dir = Path(results_dir)
     if not results_dir.is_dir() or not any(results_dir.rglob("*.json")):
         return f"## Gauntlet\n\nNo result files in `{md(results_dir)}`.\n"
-    from benchmark.catalog import fallback_catalog
+    from gauntlet.benchmark.catalog import fallback_catalog
 
     board = load_board(results_dir, submissions_dir, fallback_catalog(results_dir))
     profiles = sorted({str(r.record.get("profile")) for r in board.runs})
@@ -142,9 +142,9 @@ def render(results_dir: Path, submissions_dir: Path | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the summary; exit 1 on an unreadable result file."""
-    from benchmark.results import ResultError
+    from gauntlet.benchmark.results import ResultError
 
-    p = argparse.ArgumentParser(prog="python -m benchmark.summary", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m gauntlet.benchmark.summary", description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, nargs="?", default=Path("results"), help="results folder")
     p.add_argument("--submissions", type=Path, default=None,
                    help="fallback for manifests when a manifest.json is missing")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark import streams
-from benchmark.streams import Draws
+from gauntlet.benchmark import streams
+from gauntlet.benchmark.streams import Draws
 
 #: Slack allowed when verifying a final adversarial example (DESIGN.md).
 VERIFY_TOL = 1e-6
@@ -118,7 +118,7 @@ class ThreatModel:
     def random_start(self, x: torch.Tensor, generator: Draws = None) -> torch.Tensor:
         """A point drawn uniformly from the ball (then clipped to [0, 1]).
 
-        ``generator``: per-example streams (:class:`benchmark.streams.RowStreams`, one row
+        ``generator``: per-example streams (:class:`gauntlet.benchmark.streams.RowStreams`, one row
         per example of ``x``), a ``torch.Generator``, or None (the global generator)."""
         return self.project(x + self.uniform_delta(x, generator), x)
 

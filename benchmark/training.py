@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmark.datasets import get_dataset
-from benchmark.manifest import sha256_file
-from benchmark.registry import Submission, build_defense, resolve
+from gauntlet.benchmark.datasets import get_dataset
+from gauntlet.benchmark.manifest import sha256_file
+from gauntlet.benchmark.registry import Submission, build_defense, resolve
 
 
 class TrainingError(RuntimeError):
@@ -155,12 +155,12 @@ def save_weights(sub: Submission, model: nn.Module) -> str:
 
 
 def _sandboxed_main(argv: list[str]) -> None:
-    """``python -I -m benchmark.training REQUEST FD``: the sandbox's side of
-    :func:`benchmark.sandbox.train_in_sandbox` (answers one JSON object on ``FD``)."""
+    """``python -I -m gauntlet.benchmark.training REQUEST FD``: the sandbox's side of
+    :func:`gauntlet.benchmark.sandbox.train_in_sandbox` (answers one JSON object on ``FD``)."""
     import json
     import os
 
-    from benchmark.registry import load_submission
+    from gauntlet.benchmark.registry import load_submission
 
     request, fd = json.loads(argv[1]), int(argv[2])
     try:

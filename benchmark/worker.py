@@ -1,5 +1,5 @@
 """The worker's side of the executor: one entry point, :func:`execute`, that runs one
-:class:`~benchmark.plan.JobSpec` and returns its outcome as data.
+:class:`~gauntlet.benchmark.plan.JobSpec` and returns its outcome as data.
 
 A worker (a child process of a local executor, a Ray actor's child, or this process for
 ``--executor in-process``) keeps the one submission it last built (a new submission
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from benchmark.config import RunConfig
-    from benchmark.jobs import SubmissionRun
-    from benchmark.plan import JobSpec
+    from gauntlet.benchmark.config import RunConfig
+    from gauntlet.benchmark.jobs import SubmissionRun
+    from gauntlet.benchmark.plan import JobSpec
 
 #: The one submission built in this worker: {"key": (cfg, id), "run": SubmissionRun}.
 _CACHE: dict[str, Any] = {}
@@ -40,21 +40,21 @@ class JobInputs:
 
 
 def submission_run(cfg: RunConfig, sub_id: str) -> SubmissionRun:
-    """The cached :class:`~benchmark.jobs.SubmissionRun` of ``sub_id`` (built on first use).
+    """The cached :class:`~gauntlet.benchmark.jobs.SubmissionRun` of ``sub_id`` (built on first use).
 
     Raises:
-        benchmark.manifest.ManifestError: the manifest is invalid.
+        gauntlet.benchmark.manifest.ManifestError: the manifest is invalid.
         Exception: whatever building or clean-scoring the defense raises.
     """
     key = (cfg, sub_id)
     if _CACHE.get("key") == key:
         return _CACHE["run"]
     release()  # stop the previous defense's sandboxes before building the next one
-    from benchmark.config import resolve_device
-    from benchmark.jobs import SubmissionRun, surrogate_loader
-    from benchmark.manifest import ManifestError
-    from benchmark.profiles import get_profile
-    from benchmark.registry import MANIFEST_NAME, load_submission, semantic_problems
+    from gauntlet.benchmark.config import resolve_device
+    from gauntlet.benchmark.jobs import SubmissionRun, surrogate_loader
+    from gauntlet.benchmark.manifest import ManifestError
+    from gauntlet.benchmark.profiles import get_profile
+    from gauntlet.benchmark.registry import MANIFEST_NAME, load_submission, semantic_problems
 
     sub = load_submission(Path(cfg.submissions_dir) / sub_id / MANIFEST_NAME)
     problems = semantic_problems(sub, check_weights=False)
@@ -92,7 +92,7 @@ def execute(cfg: RunConfig, spec: JobSpec, inputs: JobInputs) -> dict[str, Any]:
         ``reused`` (the file on disk is this job's) or ``not-applicable``; for a prepare
         job, ``{"status": "computed", "prepared": {...}}``.
     """
-    from benchmark.remote import DefenseCrashed
+    from gauntlet.benchmark.remote import DefenseCrashed
 
     try:
         return _execute(cfg, spec, inputs)
@@ -102,8 +102,8 @@ def execute(cfg: RunConfig, spec: JobSpec, inputs: JobInputs) -> dict[str, Any]:
 
 
 def _execute(cfg: RunConfig, spec: JobSpec, inputs: JobInputs) -> dict[str, Any]:
-    from benchmark.jobs import certify_job, flags_job
-    from benchmark.threats import get_threat
+    from gauntlet.benchmark.jobs import certify_job, flags_job
+    from gauntlet.benchmark.threats import get_threat
 
     run = submission_run(cfg, spec.submission)
     if spec.kind == "prepare":

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.recipes import batches, cross_entropy_epochs
+from gauntlet.defenses.recipes import batches, cross_entropy_epochs
 
 if TYPE_CHECKING:
-    from benchmark.training import TrainingJob
+    from gauntlet.benchmark.training import TrainingJob
 
 EPS_SAMPLING = ("truncated-normal", "max")
 
@@ -121,7 +121,7 @@ def load_source(submissions_dir: Path, source: str, dataset: str, device: torch.
         ValueError: ``source`` is not a submission folder of ``submissions_dir`` or is on
             another dataset.
     """
-    from benchmark.registry import MANIFEST_NAME, build_defense, load_submission
+    from gauntlet.benchmark.registry import MANIFEST_NAME, build_defense, load_submission
 
     base = Path(submissions_dir).resolve()
     folder = (base / source).resolve()
@@ -140,9 +140,9 @@ def source_examples(source: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     PGD on A's adaptive view (BPDA through any non-differentiable step) from a uniform
     random start; the paper's iter-FGSM without the random start.
     """
-    from attacks.adaptive import AdaptiveView, evaluate
-    from benchmark.threats import ThreatModel
-    from defenses.adversarial import pgd_last_iterate
+    from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+    from gauntlet.benchmark.threats import ThreatModel
+    from gauntlet.defenses.adversarial import pgd_last_iterate
 
     view = AdaptiveView(source, bpda=True)
     out = [pgd_last_iterate(view, evaluate, x, y, ThreatModel("linf", eps * (l + 1) / levels), steps, step_size,
@@ -165,7 +165,7 @@ def level_index(e: torch.Tensor, eps: float, levels: int) -> torch.Tensor:
 
 def step_ll(defense: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """One step towards the least-likely class: x − ε·sign(∇ₓ CE(f(x), y_LL)) (Kurakin et al. 2017)."""
-    from attacks.adaptive import AdaptiveView, evaluate
+    from gauntlet.attacks.adaptive import AdaptiveView, evaluate
 
     if len(x) == 0:
         return x

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.models import SmallCNN
-from defenses.pipeline import Defense, Step
-from defenses.recipes import batches, cross_entropy_epochs
+from gauntlet.defenses.models import SmallCNN
+from gauntlet.defenses.pipeline import Defense, Step
+from gauntlet.defenses.recipes import batches, cross_entropy_epochs
 
 
 class Decoder(nn.Module):
@@ -180,7 +180,7 @@ class GeneratorProjection(Step):
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """G(z), differentiable in z (with :meth:`encode`, the reparameterization contract
-        of :mod:`attacks.reparam`)."""
+        of :mod:`gauntlet.attacks.reparam`)."""
         return self.generator(z)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from defenses.pipeline import Step
+from gauntlet.defenses.pipeline import Step
 
 
 class JPEG(Step):

@@ -29,7 +29,7 @@ and a last "reject" logit ``s·(score(x) − τ)``, so that argmax = reject exac
 logistic score exceeds its threshold τ (chosen on clean training images for a stated
 false-positive rate). The k-NN distances, hence the LID features and the reject logit,
 are differentiable in x almost everywhere: a rejection-aware gradient attack (the
-reject logit folded into the loss, :func:`attacks.losses.fold_reject`) sees the
+reject logit folded into the loss, :func:`gauntlet.attacks.losses.fold_reject`) sees the
 detector. Carlini & Wagner (2017, "Adversarial Examples Are Not Easily Detected") and
 Athalye, Carlini & Wagner (2018, §5.1) show that such an attack evades LID.
 """
@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.models import SmallCNN
-from defenses.recipes import cross_entropy_epochs
+from gauntlet.defenses.models import SmallCNN
+from gauntlet.defenses.recipes import cross_entropy_epochs
 
 if TYPE_CHECKING:
-    from benchmark.training import TrainingJob
+    from gauntlet.benchmark.training import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def layer_outputs(classifier: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The input and every layer's output, flattened to (N, D_l); the last is the logits.
 
     The classifier must be the composition of its leaf modules in registration order
-    (true of :class:`defenses.models.SmallCNN`; checked by :class:`LIDDetector`).
+    (true of :class:`gauntlet.defenses.models.SmallCNN`; checked by :class:`LIDDetector`).
     ``nn.Flatten`` is skipped (its output equals its input's). Ma et al. take every
     layer's output, the input included (their ``get_layer_wise_activations``).
     """
@@ -137,7 +137,7 @@ class LIDDetector(nn.Module):
         ValueError: parameters out of range.
     """
 
-    #: Its last logit is "reject": :class:`defenses.pipeline.Defense` around it rejects.
+    #: Its last logit is "reject": :class:`gauntlet.defenses.pipeline.Defense` around it rejects.
     rejects = True
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
@@ -312,7 +312,7 @@ def lid_recipe(job: TrainingJob, epochs: int = 8, lr: float = 1e-3, batch_size: 
     """Train the classifier, craft the detector's training set, fit it, set its threshold.
 
     1. The SmallCNN is trained with plain cross-entropy (Adam), like
-       :func:`defenses.recipes.standard`.
+       :func:`gauntlet.defenses.recipes.standard`.
     2. ``n_reference`` random training images become the reference set; up to
        ``n_detector`` of the others, correctly classified, are the detector's images.
     3. Each detector image gets one adversarial example (attack kind and ε cycled over

@@ -238,7 +238,7 @@ def lipschitz_margin(job, epochs: int = 10, lr: float = 1e-3, batch_size: int = 
         temperature: logit scale inside the cross-entropy (logits of a 1-Lipschitz net
             are small; without it the loss saturates slowly).
     """
-    from defenses.recipes import batches
+    from gauntlet.defenses.recipes import batches
 
     model, defense = job.model, job.defense
     x, y = job.x_train.to(job.device), job.y_train.to(job.device)

@@ -13,7 +13,7 @@ side, V = H = Σ h over the layers), and every layer is a *valid* convolution. S
 logits at pixel (r, c) are exactly the network applied to the (V+1)×(2H+1) input
 window whose bottom-centre is (r, c): :meth:`PixelCNN.window_logits` evaluates any set
 of pixels from their windows alone, which is what makes greedy decoding
-(:func:`defenses.pixeldefend.purify`) cheap and exact.
+(:func:`gauntlet.defenses.pixeldefend.purify`) cheap and exact.
 
 Receptive field: pixel (r, c) depends on pixels (r', c') with r' = r, c − H ≤ c' < c,
 or r − V ≤ r' < r, |c' − c| ≤ H (each layer adds at most h in each direction, and only

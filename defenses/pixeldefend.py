@@ -7,7 +7,7 @@ classifier then sees the purified image.
 
 Greedy decoding needs p_CNN(· | x'_<i) for 784 pixels, each depending on the previous
 choices. :func:`purify` runs it exactly in far fewer network passes (a *wavefront*):
-with the PixelCNN's right reach w (:attr:`defenses.pixelcnn.PixelCNN.right_reach`),
+with the PixelCNN's right reach w (:attr:`gauntlet.defenses.pixelcnn.PixelCNN.right_reach`),
 pixel (r, c) depends only on pixels of its row left of c and on pixels of rows above
 with column ≤ c + w. So every dependency (r', c') of (r, c) has a smaller
 t = c + (w + 1)·r, and all pixels with the same t can be decoded in one pass:
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from defenses.models import SmallCNN
-from defenses.pipeline import Defense, Step
-from defenses.pixelcnn import PixelCNN
-from defenses.recipes import batches, cross_entropy_epochs
+from gauntlet.defenses.models import SmallCNN
+from gauntlet.defenses.pipeline import Defense, Step
+from gauntlet.defenses.pixelcnn import PixelCNN
+from gauntlet.defenses.recipes import batches, cross_entropy_epochs
 
 if TYPE_CHECKING:
-    from benchmark.training import TrainingJob
+    from gauntlet.benchmark.training import TrainingJob
 
 #: Images purified together at most (bounds the memory of one pass).
 PURIFY_CHUNK = 512

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from defenses.pipeline import Step
+from gauntlet.defenses.pipeline import Step
 
 
 class BitDepth(Step):

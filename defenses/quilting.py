@@ -10,7 +10,7 @@ overlap the output is *exactly* a mosaic of database patches).
 The database is data, not code: a tensor file ``{"patches": (M, C, p, p)}`` in the
 submission folder named by the step's ``weights`` (sha256-checked, loaded with
 ``weights_only=True``); :func:`build_database` makes it from a training split
-(``python -m defenses.quilting <manifest.yaml> <out.pt>``).
+(``python -m gauntlet.defenses.quilting <manifest.yaml> <out.pt>``).
 
 Nearest-neighbour search is a discontinuous function of the input and each call draws
 a fresh neighbour per patch and row: ``differentiable = False`` (BPDA identity,
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from defenses.pipeline import Step
+from gauntlet.defenses.pipeline import Step
 
 
 def _unfold(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -107,10 +107,10 @@ class Quilting(Step):
 
 
 def main(argv: list[str]) -> int:
-    """``python -m defenses.quilting <manifest.yaml> <out.pt>``: build a submission's database
+    """``python -m gauntlet.defenses.quilting <manifest.yaml> <out.pt>``: build a submission's database
     from its dataset's training split with the Quilting step's ``patch``/``size`` arguments."""
-    from benchmark.datasets import get_dataset
-    from benchmark.manifest import parse_manifest, sha256_file
+    from gauntlet.benchmark.datasets import get_dataset
+    from gauntlet.benchmark.manifest import parse_manifest, sha256_file
 
     if len(argv) != 2:
         print(main.__doc__, file=sys.stderr)

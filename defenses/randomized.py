@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from defenses.pipeline import Step
+from gauntlet.defenses.pipeline import Step
 
 
 def _resample(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out_size: int,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defenses.models import SmallCNN
+from gauntlet.defenses.models import SmallCNN
 
 
 def sap(h: torch.Tensor, frac: float = 1.0, sampling: str = "exact") -> torch.Tensor:
@@ -98,7 +98,7 @@ class SAP(nn.Module):
 
 
 class SAPSmallCNN(SmallCNN):
-    """:class:`~defenses.models.SmallCNN` with SAP after every ReLU at inference.
+    """:class:`~gauntlet.defenses.models.SmallCNN` with SAP after every ReLU at inference.
 
     The parameters (and state-dict keys) are SmallCNN's. Dhillon et al. apply SAP
     post hoc to a conventionally trained network, so training (``model.train()``) runs
@@ -107,7 +107,7 @@ class SAPSmallCNN(SmallCNN):
     Args:
         frac: SAP samples per layer as a fraction of its units.
         sampling: ``"exact"`` or ``"poisson"`` (see :func:`sap`).
-        **kwargs: :class:`~defenses.models.SmallCNN` arguments.
+        **kwargs: :class:`~gauntlet.defenses.models.SmallCNN` arguments.
     """
 
     randomized = True

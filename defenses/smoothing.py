@@ -10,18 +10,18 @@ exposes it to the attack suite through two paths:
   "abstain/reject" score last. The scores argmax to PREDICT's answer: the reject score
   is 2 (above every frequency) when PREDICT abstains and −1 otherwise. Frequencies, not
   one-hot vectors, so score-based attacks (Square) see the smoothed margin.
-* the *differentiable* path used by :class:`attacks.adaptive.AdaptiveView` is
+* the *differentiable* path used by :class:`gauntlet.attacks.adaptive.AdaptiveView` is
   ``classifier(steps(x))``: ``steps`` start with the randomized :class:`GaussianNoise`
   step, so EOT averages gradients of the base classifier over noise draws (the attack
   of Salman et al. 2019 on smoothed classifiers), and ``classifier`` is
   :class:`RejectColumn` around the base model. It appends a constant, very low reject
   logit so that the view also has ``C + 1`` columns: the shared
-  :func:`attacks.losses.fold_reject` then handles both paths alike (a view logit
+  :func:`gauntlet.attacks.losses.fold_reject` then handles both paths alike (a view logit
   ``min(z) − 30`` adds at most ``e^−30`` to the protected class, and no gradient).
 
 Training: while the base model is in training mode (a recipe called ``model.train()``),
 ``forward`` returns the base model's logits on the input as given, so
-:func:`defenses.recipes.standard` with ``noise_sigma = σ`` trains f under Gaussian
+:func:`gauntlet.defenses.recipes.standard` with ``noise_sigma = σ`` trains f under Gaussian
 noise augmentation exactly as Cohen et al. did (their §4, "training").
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from scipy.stats import binom
 from torch import nn
 
-from defenses.pipeline import Defense, Step
+from gauntlet.defenses.pipeline import Defense, Step
 
 #: How far below the smallest base logit the view's constant reject logit sits.
 REJECT_LOGIT_GAP = 30.0

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from defenses.pipeline import Step
+from gauntlet.defenses.pipeline import Step
 
 
 def _grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,9 +2,9 @@
 failed attacks, each figure with its exact 95% interval.
 
 Every number the site shows is computed here, in Python; the templates only lay it out.
-Loading and checking the files is :mod:`leaderboard.board`, the worst case and its
-intervals :mod:`leaderboard.worst`, claims :mod:`leaderboard.claims` (all re-exported
-here); the per-defense page's tables are :mod:`leaderboard.details`.
+Loading and checking the files is :mod:`gauntlet.leaderboard.board`, the worst case and its
+intervals :mod:`gauntlet.leaderboard.worst`, claims :mod:`gauntlet.leaderboard.claims` (all re-exported
+here); the per-defense page's tables are :mod:`gauntlet.leaderboard.details`.
 
 Scoring (DESIGN.md): an example counts as robust at a threat model only if it survives
 every attack run there, so the headline is the mean over examples of the minimum over
@@ -21,16 +21,16 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.applicability import not_applicable
-from benchmark.intervals import overlap
-from benchmark.threats import FIXED_THREATS
+from gauntlet.benchmark.applicability import not_applicable
+from gauntlet.benchmark.intervals import overlap
+from gauntlet.benchmark.threats import FIXED_THREATS
 # Re-exported: callers load, score and judge results through this module.
-from leaderboard.board import (MANIFEST_FILE, Board, Run, attack_order,  # noqa: F401
+from gauntlet.leaderboard.board import (MANIFEST_FILE, Board, Run, attack_order,  # noqa: F401
                                attack_traits, load_board)
-from leaderboard.claims import RULE as CLAIM_RULE  # noqa: F401
-from leaderboard.claims import claim_gap, context_reasons, pick_claim, verdict  # noqa: F401
-from leaderboard.job_errors import JobError
-from leaderboard.worst import (Certified, Interval, OtherFigure, WorstCase, abstains,  # noqa: F401
+from gauntlet.leaderboard.claims import RULE as CLAIM_RULE  # noqa: F401
+from gauntlet.leaderboard.claims import claim_gap, context_reasons, pick_claim, verdict  # noqa: F401
+from gauntlet.leaderboard.job_errors import JobError
+from gauntlet.leaderboard.worst import (Certified, Interval, OtherFigure, WorstCase, abstains,  # noqa: F401
                                certificate_interval, certified, certified_curve, ci_columns, defense_facts,
                                failed_attacks, interval, naive_attack, naive_baselines, threat_dim, with_ci,
                                worst_case)
@@ -102,10 +102,10 @@ def _fmt(v: Any) -> str:
 
 
 def flag_docs(board: Board) -> dict[str, str]:
-    """Flag id → meaning: ``benchmark.flags.FLAG_DOCS`` when present, else the meanings
+    """Flag id → meaning: ``gauntlet.benchmark.flags.FLAG_DOCS`` when present, else the meanings
     recorded in the flags files."""
     try:
-        from benchmark.flags import FLAG_DOCS
+        from gauntlet.benchmark.flags import FLAG_DOCS
     except ImportError:
         FLAG_DOCS = {}
     docs = dict(FLAG_DOCS)
@@ -160,7 +160,7 @@ def profile_summary(runs: list[Run]) -> dict[str, Any]:
         n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         label += f", {n} example" + ("" if counts == [1] else "s")
     try:
-        from benchmark.profiles import PROFILES
+        from gauntlet.benchmark.profiles import PROFILES
     except ImportError:
         PROFILES = {}
     description = " ".join(PROFILES[p].description for p in profiles if p in PROFILES)

@@ -1,14 +1,14 @@
 """Loading result files: :class:`Run`, :class:`Board` and :func:`load_board`.
 
-Result files are read only through :func:`benchmark.results.iter_results`, so an
+Result files are read only through :func:`gauntlet.benchmark.results.iter_results`, so an
 unreadable file, an unknown schema or a value the schema does not allow (a string, NaN
-or 5.0 as an accuracy: :mod:`benchmark.records`) raises
-:class:`~benchmark.results.ResultError` naming the file and the field (a missing row or
+or 5.0 as an accuracy: :mod:`gauntlet.benchmark.records`) raises
+:class:`~gauntlet.benchmark.results.ResultError` naming the file and the field (a missing row or
 a 500% cell would be a silent lie); here each record is also checked to sit at the path
 its ids give. Manifest facts come from ``<results>/<dataset>/<defense>/manifest.json``
 (written by the runner, checked as :class:`ManifestFacts`) or, failing
 that, from ``<submissions>/<defense>/manifest.yaml``; no defense code is imported.
-Scoring is in :mod:`leaderboard.aggregate`.
+Scoring is in :mod:`gauntlet.leaderboard.aggregate`.
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmark import manifest as mf
-from benchmark.catalog import CATALOG_FILE
-from benchmark.records import ABSENT, check_model
-from benchmark.results import ResultError, iter_results
-from benchmark.threats import get_threat
-from leaderboard.job_errors import JobError, check_error, job_error
+from gauntlet.benchmark import manifest as mf
+from gauntlet.benchmark.catalog import CATALOG_FILE
+from gauntlet.benchmark.records import ABSENT, check_model
+from gauntlet.benchmark.results import ResultError, iter_results
+from gauntlet.benchmark.threats import get_threat
+from gauntlet.leaderboard.job_errors import JobError, check_error, job_error
 
 MANIFEST_FILE = "manifest.json"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -43,7 +43,7 @@ class PaperFacts(BaseModel):
 
 class ManifestFacts(BaseModel):
     """``<results>/<dataset>/<defense>/manifest.json``: the manifest's facts the runner
-    copies beside the results (a dump of :class:`benchmark.manifest.Manifest` plus
+    copies beside the results (a dump of :class:`gauntlet.benchmark.manifest.Manifest` plus
     ``manifest_sha256``), as far as the site reads them. Claims, certificate, reduced
     budgets and example limits are checked by the manifest's own models, so a claimed
     accuracy obeys the manifest's rule: a number in [0, 1]. A field may be absent (older
@@ -123,7 +123,7 @@ class Board:
 
     def datasets(self) -> list[str]:
         """Dataset ids with results: registered ones in registry order, then the rest sorted."""
-        from benchmark.datasets import DATASETS
+        from gauntlet.benchmark.datasets import DATASETS
 
         seen = {r.dataset for r in self.runs}
         return [d for d in DATASETS if d in seen] + sorted(seen - set(DATASETS))
@@ -186,7 +186,7 @@ def load_board(results_dir: Path, submissions_dir: Path | None = None,
 def _check(path: Path, run_id: str, record: dict[str, Any]) -> None:
     """Raise ResultError naming ``path`` unless the record sits where its ids say.
 
-    Values and per-example arrays were checked on reading (:mod:`benchmark.records`);
+    Values and per-example arrays were checked on reading (:mod:`gauntlet.benchmark.records`);
     what is left is the file's place: ``<dataset>/<defense>/<threat|certify>/<name>``.
     """
     try:
@@ -241,7 +241,7 @@ def _manifest(results_dir: Path, submissions_dir: Path | None, key: tuple[str, s
             raise ResultError(f"{path}: id: {data['id']!r} is not the defense of this folder ({defense!r})")
         return data
     if submissions_dir is not None and (Path(submissions_dir) / defense / "manifest.yaml").is_file():
-        from benchmark.manifest import ManifestError, parse_manifest
+        from gauntlet.benchmark.manifest import ManifestError, parse_manifest
 
         try:
             return parse_manifest(Path(submissions_dir) / defense / "manifest.yaml").model_dump(

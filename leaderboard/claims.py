@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from leaderboard.board import Board
-from leaderboard.worst import failed_attacks, worst_case
+from gauntlet.leaderboard.board import Board
+from gauntlet.leaderboard.worst import failed_attacks, worst_case
 
 #: Verdicts, in the order a reader cares about them.
 NOT_REPRODUCED, INCOMPLETE, CONSISTENT, NOT_MEASURED, CONTEXT = (

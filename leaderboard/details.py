@@ -1,6 +1,6 @@
 """The per-defense page's tables: attacks (finished and failed), ε curves, run metadata.
 
-Like :mod:`leaderboard.aggregate`, everything here is computed from result files; the
+Like :mod:`gauntlet.leaderboard.aggregate`, everything here is computed from result files; the
 templates only lay it out.
 """
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.threats import get_threat
-from leaderboard.aggregate import budget_change, profile_summary
-from leaderboard.board import Board, attack_order, attack_traits
-from leaderboard.worst import (Interval, abstains, ci_columns, interval, other_key, summary_interval, with_ci,
+from gauntlet.benchmark.threats import get_threat
+from gauntlet.leaderboard.aggregate import budget_change, profile_summary
+from gauntlet.leaderboard.board import Board, attack_order, attack_traits
+from gauntlet.leaderboard.worst import (Interval, abstains, ci_columns, interval, other_key, summary_interval, with_ci,
                                worst_case)
 
 #: Figures of an attack record: column name → (per-example key, summary key).

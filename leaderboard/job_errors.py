@@ -75,8 +75,8 @@ def check_error(record: dict[str, Any], parts: list[str]) -> None:
     """Raise ValueError unless a (schema-checked) error record's job fits its path.
 
     Args:
-        record: the ``kind: "error"`` record, as :func:`benchmark.results.read_result`
-            returns it (its values already checked by :mod:`benchmark.records`).
+        record: the ``kind: "error"`` record, as :func:`gauntlet.benchmark.results.read_result`
+            returns it (its values already checked by :mod:`gauntlet.benchmark.records`).
         parts: its run id split on ``/`` (dataset, defense, slot, name).
 
     Raises:

@@ -64,7 +64,7 @@ def eps_curve(curve: pd.DataFrame, norm: str, path: Path,
     baseline's curve (95% error bars).
 
     Args:
-        curve: :func:`leaderboard.details.sweep_curve` output (eps, worst_case, naive and
+        curve: :func:`gauntlet.leaderboard.details.sweep_curve` output (eps, worst_case, naive and
             their ``_ci_low``/``_ci_high``).
         norm: ``"linf"`` or ``"l2"`` (axis label).
         path: where to write the SVG.
@@ -103,7 +103,7 @@ def certified_curve(curve: pd.DataFrame, threat_radii: dict[str, float], path: P
     """Certified accuracy versus raw ℓ2 radius (shaded 95% band), fixed threats' radii marked.
 
     Args:
-        curve: :func:`leaderboard.worst.certified_curve` output (radius, accuracy, ci_low,
+        curve: :func:`gauntlet.leaderboard.worst.certified_curve` output (radius, accuracy, ci_low,
             ci_high).
         threat_radii: threat id → raw ℓ2 radius ε·√d (vertical lines).
         path: where to write the SVG.

@@ -1,7 +1,7 @@
 """Render the static leaderboard site from result files.
 
-``build_site(results_dir, site_dir)`` reads the results (:mod:`leaderboard.aggregate`),
-draws the plots (:mod:`leaderboard.plots`), copies the result files and static assets,
+``build_site(results_dir, site_dir)`` reads the results (:mod:`gauntlet.leaderboard.aggregate`),
+draws the plots (:mod:`gauntlet.leaderboard.plots`), copies the result files and static assets,
 and renders the Jinja templates with ``autoescape=True``: every submitter string is
 escaped, no template marks submitter data ``|safe``, and only http(s) URLs become
 links. The folder is self-contained (no CDN, no network request) and works from
@@ -19,15 +19,15 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from benchmark.catalog import CATALOG_FILE
+from gauntlet.benchmark.catalog import CATALOG_FILE
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from benchmark.datasets import DATASETS
-from benchmark.intervals import percent
-from benchmark.profiles import PROFILES
-from benchmark.threats import FIXED_THREATS, get_threat
-from leaderboard import aggregate as agg
-from leaderboard import details, plots
+from gauntlet.benchmark.datasets import DATASETS
+from gauntlet.benchmark.intervals import percent
+from gauntlet.benchmark.profiles import PROFILES
+from gauntlet.benchmark.threats import FIXED_THREATS, get_threat
+from gauntlet.leaderboard import aggregate as agg
+from gauntlet.leaderboard import details, plots
 
 PACKAGE = Path(__file__).resolve().parent
 #: Generated sub-folders, removed before each build so no stale page survives.
@@ -50,7 +50,7 @@ def build_site(results_dir: Path, site_dir: Path, submissions_dir: Path | None =
         The path of ``index.html``.
 
     Raises:
-        benchmark.results.ResultError: naming the file, for any unreadable result.
+        gauntlet.benchmark.results.ResultError: naming the file, for any unreadable result.
     """
     board = agg.load_board(Path(results_dir), submissions_dir, catalog)
     site = Path(site_dir)
@@ -210,7 +210,7 @@ def _common() -> dict[str, Any]:
 
 def _claim(board: agg.Board, dataset: str, defense: str, threat: str,
            build: Any) -> dict[str, Any] | None:
-    """The claim shown in a threat's column, judged (:func:`leaderboard.claims.claim_gap`)."""
+    """The claim shown in a threat's column, judged (:func:`gauntlet.leaderboard.claims.claim_gap`)."""
     claim = agg.pick_claim(board.manifests.get((dataset, defense), {}), dataset, threat)
     return agg.claim_gap(board, dataset, defense, claim, measure=build is None) if claim else None
 

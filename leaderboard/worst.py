@@ -7,13 +7,13 @@ A failed job (``kind: "error"``) is never a survived attack: the worst case is o
 attacks that finished and is marked incomplete.
 
 Every interval here is computed from the per-example arrays of the result files with
-:func:`benchmark.intervals.accuracy_interval` (exact Clopper–Pearson; fractional scores of
+:func:`gauntlet.benchmark.intervals.accuracy_interval` (exact Clopper–Pearson; fractional scores of
 randomized defenses handled), so result files written before intervals were recorded get
 them too; the ``*_ci`` fields a runner writes into ``summary`` are used only when the
 arrays are missing.
 
 The naive baseline of a defense is chosen by trait, never by id: the attack whose record
-declares ``naive_baseline`` (:func:`leaderboard.board.attack_traits`), preferring the one
+declares ``naive_baseline`` (:func:`gauntlet.leaderboard.board.attack_traits`), preferring the one
 that also ``needs_rejection`` (the rejection-blind baseline against a detector).
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, NamedTuple, Sequence
 
 import pandas as pd
 
-from benchmark.flags import naive_baseline_of
-from benchmark.intervals import accuracy_interval
-from leaderboard.board import Board, Run, attack_order, attack_traits
+from gauntlet.benchmark.flags import naive_baseline_of
+from gauntlet.benchmark.intervals import accuracy_interval
+from gauntlet.leaderboard.board import Board, Run, attack_order, attack_traits
 
 #: ``(low, high)`` of an exact 95% interval.
 Interval = tuple[float, float]
@@ -149,7 +149,7 @@ class WorstCase:
 
 def naive_attack(board: Board, runs: list[Run]) -> str | None:
     """The naive baseline among some attack runs, by trait
-    (:func:`benchmark.flags.naive_baseline_of`, the flags' rule), in registry order."""
+    (:func:`gauntlet.benchmark.flags.naive_baseline_of`, the flags' rule), in registry order."""
     by_id = {r.record["attack"]["id"]: r.record for r in runs}
     return naive_baseline_of({a: attack_traits(board, by_id[a]) for a in attack_order(board, list(by_id))})
 
@@ -335,7 +335,7 @@ def certified_curve(record: dict[str, Any]) -> pd.DataFrame:
 
 def threat_dim(board: Board, dataset: str) -> int | None:
     """Input dimension d of a dataset: the registry's, else the one recorded in attack records."""
-    from benchmark.datasets import DATASETS
+    from gauntlet.benchmark.datasets import DATASETS
 
     if dataset in DATASETS:
         return DATASETS[dataset].dim

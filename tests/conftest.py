@@ -45,7 +45,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def mnist_test_slice() -> tuple[torch.Tensor, torch.Tensor]:
     """The first 100 examples of mnist-embedded's evaluation order."""
-    from benchmark.datasets import get_dataset
+    from gauntlet.benchmark.datasets import get_dataset
 
     ds = get_dataset("mnist-embedded")
     idx = ds.eval_indices(100)

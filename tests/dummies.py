@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.base import AttackContext, AttackResult
-from attacks.registry import make_attack_unchecked
-from defenses.pipeline import Step
+from gauntlet.attacks.base import AttackContext, AttackResult
+from gauntlet.attacks.registry import make_attack_unchecked
+from gauntlet.defenses.pipeline import Step
 
 
 def run_attack(attack_id: str, defense: nn.Module, x: torch.Tensor, y: torch.Tensor, threat, seed: int = 0,

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from defenses.models import LinearClassifier
+from gauntlet.defenses.models import LinearClassifier
 
 
 def linear_problem(n: int, *, num_classes: int = 2, side: int = 8, seed: int = 0):

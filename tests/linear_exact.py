@@ -18,7 +18,7 @@ side of y if j < y (misclassified) and y if j > y (still correct). So:
 
     broken  ⇔  ∃ j ≠ y:  M_j < 0,  or  M_j = 0 and j < y.
 
-``attacks.losses.margin`` < 0 (z_y < max_{j≠y} z_j) is the strict part of this rule: every
+``gauntlet.attacks.losses.margin`` < 0 (z_y < max_{j≠y} z_j) is the strict part of this rule: every
 point of negative margin is misclassified by argmax, and the only misclassified points of
 margin exactly 0 are such ties with a lower index. An exact tie has measure zero on real
 data; :func:`exact_robustness` returns the optimal values with a certified float64 bracket
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.threats import ThreatModel
+from gauntlet.benchmark.threats import ThreatModel
 
 #: Bisection steps on λ (ℓ2). Each halves the bracket; 200 exhaust float64 from any start.
 BISECTION_STEPS = 200

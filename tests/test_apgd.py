@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.apgd import checkpoint_intervals
-from benchmark.threats import ThreatModel
-from defenses.pipeline import Defense, Step
+from gauntlet.attacks.apgd import checkpoint_intervals
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.pipeline import Defense, Step
 from tests.linear import exact_distance, linear_problem, still_correct
 from tests.dummies import RejectLowConfidence, run_attack as run
 
@@ -69,7 +69,7 @@ def test_dlr_needs_three_classes():
 def trained_mlp(mnist_test_slice):
     """A 784-64-10 MLP trained for 3 epochs on mnist-embedded's train split (~98% train
     accuracy), with the conftest's 100 evaluation examples."""
-    from benchmark.datasets import get_dataset
+    from gauntlet.benchmark.datasets import get_dataset
 
     x, y = get_dataset("mnist-embedded").split("train")
     torch.manual_seed(0)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.apgd import target_classes
-from attacks.base import defense_facts
-from attacks.losses import TARGETED_LOSSES
-from attacks.registry import make_attack
-from benchmark.threats import ThreatModel
-from defenses.pipeline import Defense, Step
+from gauntlet.attacks.apgd import target_classes
+from gauntlet.attacks.base import defense_facts
+from gauntlet.attacks.losses import TARGETED_LOSSES
+from gauntlet.attacks.registry import make_attack
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.pipeline import Defense, Step
 from tests.linear import exact_distance, linear_problem, still_correct
 from tests.dummies import RejectLowConfidence, run_attack as run
 
@@ -87,8 +87,8 @@ def test_target_order_is_the_references():
 
 def _spy_targets(monkeypatch) -> list[torch.Tensor]:
     """Record the target tensor of every targeted-loss call (of the examples the attack
-    passes: no padding of small passes, attacks.adaptive.MIN_ROWS_PER_PASS)."""
-    monkeypatch.setattr("attacks.adaptive.MIN_ROWS_PER_PASS", 0)
+    passes: no padding of small passes, gauntlet.attacks.adaptive.MIN_ROWS_PER_PASS)."""
+    monkeypatch.setattr("gauntlet.attacks.adaptive.MIN_ROWS_PER_PASS", 0)
     seen: list[torch.Tensor] = []
     original = TARGETED_LOSSES["dlr-targeted"]
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import defense_facts
-from attacks.registry import attack_ids, make_attack
-from defenses.models import LinearClassifier
-from defenses.pipeline import Defense
-from defenses.preprocess import Quantize
-from defenses.randomized import RandomCropRescale
-from leaderboard import aggregate as agg
+from gauntlet.attacks.base import defense_facts
+from gauntlet.attacks.registry import attack_ids, make_attack
+from gauntlet.defenses.models import LinearClassifier
+from gauntlet.defenses.pipeline import Defense
+from gauntlet.defenses.preprocess import Quantize
+from gauntlet.defenses.randomized import RandomCropRescale
+from gauntlet.leaderboard import aggregate as agg
 
 
 class Detector(Defense):
@@ -64,7 +64,7 @@ def test_every_skip_has_a_reason_and_unknown_facts_skip_only_dependent_attacks()
 def test_site_does_not_call_an_inapplicable_attack_missing(submissions, tmp_path):
     """A run records the defense's facts: against the deterministic, differentiable
     dummy-linear the EOT and BPDA variants are 'not applicable', not 'missing'."""
-    from benchmark.runner import RunConfig, run
+    from gauntlet.benchmark.runner import RunConfig, run
 
     run(RunConfig(submissions_dir=submissions, defenses=("dummy-linear",), attacks=("fgsm", "pgd-eot"),
                   threats=("linf-0.031",), n_examples=10, results_dir=tmp_path, sweep=False, isolate=False),
@@ -80,7 +80,7 @@ def test_site_does_not_call_an_inapplicable_attack_missing(submissions, tmp_path
 def test_progress_bar_total_drops_an_attack_that_does_not_apply(submissions, tmp_path, capsys):
     """Two planned jobs, one of which (EOT against a deterministic defense) does not
     apply: the bar ends at 1/1, not at 2/2 with a job that never ran."""
-    from benchmark.runner import RunConfig, run
+    from gauntlet.benchmark.runner import RunConfig, run
 
     run(RunConfig(submissions_dir=submissions, defenses=("dummy-linear",), attacks=("fgsm", "pgd-eot"),
                   threats=("linf-0.031",), n_examples=10, results_dir=tmp_path, sweep=False, isolate=False,
@@ -109,9 +109,9 @@ class DistanceDetector(Defense):
 def test_rejection_aware_pgd_evades_a_detector_the_blind_one_trips(one_thread):
     """pgd-blind ignores the reject logit and moves every pixel by ε, which the detector
     sees; pgd folds the reject logit into its loss and stays under the threshold."""
-    from attacks.base import AttackContext
-    from benchmark.scoring import score
-    from benchmark.threats import ThreatModel
+    from gauntlet.attacks.base import AttackContext
+    from gauntlet.benchmark.scoring import score
+    from gauntlet.benchmark.threats import ThreatModel
 
     torch.manual_seed(0)
     clf = LinearClassifier(784, 10)

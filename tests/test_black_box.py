@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.base import AttackContext
-from attacks.registry import make_attack, make_attack_unchecked
-from benchmark.threats import ThreatModel
-from defenses.models import LinearClassifier
-from defenses.pipeline import Defense, Step
+from gauntlet.attacks.base import AttackContext
+from gauntlet.attacks.registry import make_attack, make_attack_unchecked
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.models import LinearClassifier
+from gauntlet.defenses.pipeline import Defense, Step
 from tests.dummies import OpaqueIdentity
 
 

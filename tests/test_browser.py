@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from leaderboard import aggregate as agg
-from leaderboard.site import build_site, ci, pct
+from gauntlet.leaderboard import aggregate as agg
+from gauntlet.leaderboard.site import build_site, ci, pct
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser,

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from attacks.base import ATTACKS
-from attacks.budgets import defaults, full_budget
-from attacks.registry import attack_ids, make_attack, make_attack_unchecked, override_problems
-from attacks.square import P_HALVINGS, p_schedule
-from benchmark.applicability import not_applicable
-from benchmark.registry import load_submission, manifest_paths, validate
+from gauntlet.attacks.base import ATTACKS
+from gauntlet.attacks.budgets import defaults, full_budget
+from gauntlet.attacks.registry import attack_ids, make_attack, make_attack_unchecked, override_problems
+from gauntlet.attacks.square import P_HALVINGS, p_schedule
+from gauntlet.benchmark.applicability import not_applicable
+from gauntlet.benchmark.registry import load_submission, manifest_paths, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-#: Every fact the applicability rule reads (attacks.base.defense_facts plus the run's surrogate fact).
+#: Every fact the applicability rule reads (gauntlet.attacks.base.defense_facts plus the run's surrogate fact).
 FACTS = ("randomized", "differentiable", "rejects", "abstains", "zero_gradients", "reparameterization",
          "surrogate")
 
@@ -129,7 +129,7 @@ SWITCHED_OFF = """attack_overrides:
 
 
 def test_gauntlet_validate_reports_every_bad_override_and_exits_2(tmp_path, capsys):
-    from benchmark.cli import main
+    from gauntlet.benchmark.cli import main
 
     manifest = _with_overrides(tmp_path, SWITCHED_OFF)
     assert load_submission(manifest).manifest.attack_overrides  # the schema alone accepts it
@@ -142,8 +142,8 @@ def test_gauntlet_validate_reports_every_bad_override_and_exits_2(tmp_path, caps
 
 
 def test_a_run_with_a_bad_override_refuses_before_any_work(tmp_path):
-    from benchmark.manifest import ManifestError
-    from benchmark.runner import RunConfig, run
+    from gauntlet.benchmark.manifest import ManifestError
+    from gauntlet.benchmark.runner import RunConfig, run
 
     manifest = _with_overrides(tmp_path, SWITCHED_OFF)
     with pytest.raises(ManifestError, match="below the floor"):
@@ -162,9 +162,9 @@ def test_square_floor_gives_every_phase_of_the_schedule_a_query():
 
 
 def test_the_catalog_carries_the_floors_and_the_site_shows_them_beside_an_override():
-    from benchmark.catalog import attack_catalog
-    from leaderboard import aggregate as agg
-    from leaderboard.board import Board, _catalog_entry
+    from gauntlet.benchmark.catalog import attack_catalog
+    from gauntlet.leaderboard import aggregate as agg
+    from gauntlet.leaderboard.board import Board, _catalog_entry
 
     catalog = {a: _catalog_entry(a, c) for a, c in attack_catalog().items()}
     assert catalog["square"]["floors"] == {"n_queries": 250}

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.registry import build_defense, load_submission
-from benchmark.training import train_submission
+from gauntlet.benchmark.registry import build_defense, load_submission
+from gauntlet.benchmark.training import train_submission
 from tests.training_jobs import synthetic_digits, tiny_job
-from defenses.cascade import (cascade_at, cascade_loss, level_index, load_source, sample_eps, source_examples,
+from gauntlet.defenses.cascade import (cascade_at, cascade_loss, level_index, load_source, sample_eps, source_examples,
                               step_ll)
-from defenses.models import LinearClassifier, SmallCNN
-from defenses.pipeline import Defense
+from gauntlet.defenses.models import LinearClassifier, SmallCNN
+from gauntlet.defenses.pipeline import Defense
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "submissions"
@@ -170,8 +170,8 @@ def test_committed_weights_load_and_classify_cleansynthetic_digits(mnist_test_sl
 @pytest.mark.slow
 def test_committed_model_is_robust_like_adversarial_training(tmp_path) -> None:
     """Runner's fgsm/pgd/apgd-ce at ℓ∞ 0.1 on 40 examples: far above the standard model, no flag."""
-    from benchmark.results import read_result
-    from benchmark.runner import RunConfig, run
+    from gauntlet.benchmark.results import read_result
+    from gauntlet.benchmark.runner import RunConfig, run
 
     defenses = ("standard-cnn-mnist", ID)
     summary = run(RunConfig(submissions_dir=SUBMISSIONS, defenses=defenses, attacks=("fgsm", "pgd", "apgd-ce"),

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.adaptive import AdaptiveView, evaluate
-from attacks.pgd import pgd
-from benchmark.certify import certify_submission
-from benchmark.manifest import LipschitzCertificate
-from benchmark.threats import ThreatModel
-from defenses.lipschitz import LipschitzCNN, NormalizedConv2d, margin_certificate
-from defenses.pipeline import Defense
+from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+from gauntlet.attacks.pgd import pgd
+from gauntlet.benchmark.certify import certify_submission
+from gauntlet.benchmark.manifest import LipschitzCertificate
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.lipschitz import LipschitzCNN, NormalizedConv2d, margin_certificate
+from gauntlet.defenses.pipeline import Defense
 
 SUBMISSION = Path(__file__).resolve().parents[1] / "submissions" / "lipschitz-margin" / "manifest.yaml"
 
@@ -97,8 +97,8 @@ def test_certified_points_survive_pgd_at_their_radius_small_net():
 def test_certified_points_of_the_submission_survive_pgd():
     if not SUBMISSION.is_file():
         pytest.skip("lipschitz-margin submission not present")
-    from benchmark.datasets import get_dataset
-    from benchmark.registry import build_defense, load_submission
+    from gauntlet.benchmark.datasets import get_dataset
+    from gauntlet.benchmark.registry import build_defense, load_submission
 
     sub = load_submission(SUBMISSION)
     defense = build_defense(sub)

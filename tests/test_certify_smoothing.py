@@ -16,14 +16,14 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, evaluate
-from benchmark.certification.sequential import certify_sequential, stage_sizes
-from benchmark.certification.smoothing import (
+from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+from gauntlet.benchmark.certification.sequential import certify_sequential, stage_sizes
+from gauntlet.benchmark.certification.smoothing import (
     certify, lower_confidence_bound, max_radius, predict, upper_confidence_bound)
-from benchmark.certify import certified_curve, certify_submission, consistency_violations
-from benchmark.manifest import SmoothingCertificate
-from benchmark.threats import ThreatModel
-from defenses.smoothing import SmoothedDefense, binomial_two_sided_pvalue, predict_from_counts, sample_counts
+from gauntlet.benchmark.certify import certified_curve, certify_submission, consistency_violations
+from gauntlet.benchmark.manifest import SmoothingCertificate
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.smoothing import SmoothedDefense, binomial_two_sided_pvalue, predict_from_counts, sample_counts
 
 SIGMA = 0.25
 SHAPE = (1, 4, 4)

@@ -1,7 +1,7 @@
 """Every bad command-line option exits 2 with one clear line: no traceback, no silent fallback.
 
-Each test calls :func:`benchmark.cli.main` in-process. ``run`` tests that must not start
-real work replace ``benchmark.runner.run`` with a stub that fails the test when reached
+Each test calls :func:`gauntlet.benchmark.cli.main` in-process. ``run`` tests that must not start
+real work replace ``gauntlet.benchmark.runner.run`` with a stub that fails the test when reached
 (:func:`no_run`): every bad option must be refused before it.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark import runner
-from benchmark.cli import main
-from benchmark.config import ConfigError, RunConfig, RunSummary
-from benchmark.threats import get_threat
+from gauntlet.benchmark import runner
+from gauntlet.benchmark.cli import main
+from gauntlet.benchmark.config import ConfigError, RunConfig, RunSummary
+from gauntlet.benchmark.threats import get_threat
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SUBMISSIONS = FIXTURES / "submissions"
@@ -50,7 +50,7 @@ def _one_error(capsys, argv: list[str], needle: str, code: int = 2) -> str:
 
 @pytest.fixture
 def no_run(monkeypatch):
-    """``benchmark.runner.run`` replaced by a stub that fails the test if it is reached."""
+    """``gauntlet.benchmark.runner.run`` replaced by a stub that fails the test if it is reached."""
     def refuse(cfg, progress=True):
         raise AssertionError(f"the run started despite a bad option: {cfg}")
 
@@ -444,7 +444,7 @@ def test_hostile_argument_lists_exit_0_1_or_2_without_a_traceback(tmp_path_facto
     """Generated ``run``/``list``/``validate``/``leaderboard``/``report`` argument lists
     exit 0, 1 or 2, print no traceback and hit no internal error; exit 2 always says why.
 
-    Limitation: ``benchmark.runner.run`` is replaced by a stub returning an empty
+    Limitation: ``gauntlet.benchmark.runner.run`` is replaced by a stub returning an empty
     :class:`RunSummary`, so what this checks for ``run`` is option validation (argparse,
     RunConfig, attack ids, output folders) and the reporting after an empty run, not the
     jobs themselves. The working folder is a sandbox, so no default path (``results/``,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.datasets import DatasetError, get_dataset
+from gauntlet.benchmark.datasets import DatasetError, get_dataset
 
 
 def test_embedded_split_sizes_balance_and_order():
@@ -80,7 +80,7 @@ def test_run_skips_a_submission_whose_dataset_is_missing_with_one_line(submissio
                         .replace("dataset: mnist-embedded", "dataset: cifar10"))
     empty = tmp_path / "no-data"
     empty.mkdir()
-    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions),
+    out = subprocess.run([sys.executable, "-m", "gauntlet.benchmark.cli", "run", "--submissions", str(submissions),
                           "--defense", "dummy-linear", "--defense", "dummy-cifar", "--attack", "fgsm",
                           "--threat", "linf-0.1", "--n-examples", "5", "--no-sweep", "--no-site", "--quiet",
                           "--no-isolation", "--data-dir", str(empty), "--results", str(tmp_path / "r")],

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defenses.jpeg import JPEG
-from defenses.quilting import Quilting, build_database
-from defenses.randomized import RandomCropRescale, RandomResizePad, _resample
-from defenses.sap import SAP, SAPSmallCNN, sap
-from defenses.thermometer import Thermometer
-from defenses.tv_min import TVMinimization, total_variation, tv_reconstruct
+from gauntlet.defenses.jpeg import JPEG
+from gauntlet.defenses.quilting import Quilting, build_database
+from gauntlet.defenses.randomized import RandomCropRescale, RandomResizePad, _resample
+from gauntlet.defenses.sap import SAP, SAPSmallCNN, sap
+from gauntlet.defenses.thermometer import Thermometer
+from gauntlet.defenses.tv_min import TVMinimization, total_variation, tv_reconstruct
 
 
 def _digits(n: int = 8, seed: int = 0) -> torch.Tensor:
@@ -241,5 +241,5 @@ def test_sap_model_is_random_in_eval_and_plain_in_train() -> None:
     m.eval()
     assert not torch.equal(m(x), m(x))
     assert SAPSmallCNN.randomized and SAP.randomized
-    from defenses.models import SmallCNN
+    from gauntlet.defenses.models import SmallCNN
     assert set(m.state_dict()) == set(SmallCNN().state_dict())

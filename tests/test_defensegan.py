@@ -1,4 +1,4 @@
-"""Defense-GAN (defenses.defensegan): projection, declarations, reparameterization, recipe,
+"""Defense-GAN (gauntlet.defenses.defensegan): projection, declarations, reparameterization, recipe,
 committed weights, and naive versus adaptive attacks on a few test digits."""
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.adaptive import AdaptiveView, evaluate
-from attacks.base import AttackContext
-from attacks.registry import make_attack
-from benchmark.registry import build_defense, load_submission
-from benchmark.scoring import score
-from benchmark.threats import get_threat
-from benchmark.training import train_submission
-from defenses.defensegan import DefenseGAN, DefenseGANModel, GeneratorProjection, project
+from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+from gauntlet.attacks.base import AttackContext
+from gauntlet.attacks.registry import make_attack
+from gauntlet.benchmark.registry import build_defense, load_submission
+from gauntlet.benchmark.scoring import score
+from gauntlet.benchmark.threats import get_threat
+from gauntlet.benchmark.training import train_submission
+from gauntlet.defenses.defensegan import DefenseGAN, DefenseGANModel, GeneratorProjection, project
 
 SUBMISSIONS = Path(__file__).resolve().parents[1] / "submissions"
 SUB_ID = "samangouei2018-defensegan"

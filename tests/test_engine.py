@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.isolation import descendants
-from benchmark.results import iter_results, read_result
-from benchmark.runner import RunConfig, run
+from gauntlet.benchmark.isolation import descendants
+from gauntlet.benchmark.results import iter_results, read_result
+from gauntlet.benchmark.runner import RunConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-PACKAGES = ("benchmark", "attacks", "defenses", "leaderboard")
+#: Folders of the repository → their installed names (pyproject.toml's package-dir).
+PACKAGES = {"benchmark": "gauntlet.benchmark", "attacks": "gauntlet.attacks", "defenses": "gauntlet.defenses",
+            "leaderboard": "gauntlet.leaderboard", "gauntlet": "gauntlet"}
 DS = "mnist-embedded"
 
 
@@ -40,13 +42,13 @@ def _imports(path: Path) -> set[str]:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         else:
             continue
-        out.update(n for n in names if n.split(".")[0] in PACKAGES)
+        out.update(n for n in names if n.split(".")[0] == "gauntlet")
     return out
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p
-               for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    modules = {".".join((name, *p.relative_to(ROOT / pkg).with_suffix("").parts)): p
+               for pkg, name in PACKAGES.items() for p in (ROOT / pkg).rglob("*.py")}
     modules = {m.removesuffix(".__init__"): p for m, p in modules.items()}
     return {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
 
@@ -80,11 +82,14 @@ def test_the_code_has_no_import_cycle():
 
 
 @pytest.mark.parametrize("importer, forbidden", [
-    ("leaderboard", ("defenses", "attacks")),  # the site never runs submitted or attack code
-    ("defenses", ("leaderboard",)),
-    ("attacks", ("leaderboard",)),
-    ("benchmark.plan", ("defenses",)),  # planning is pure
-    ("benchmark.runner", ("defenses", "benchmark.jobs")),
+    ("gauntlet.leaderboard", ("gauntlet.defenses", "gauntlet.attacks")),  # the site never runs submitted or attack code
+    ("gauntlet.defenses", ("gauntlet.leaderboard",)),
+    ("gauntlet.attacks", ("gauntlet.leaderboard",)),
+    ("gauntlet.benchmark.plan", ("gauntlet.defenses",)),  # planning is pure
+    ("gauntlet.benchmark.runner", ("gauntlet.defenses", "gauntlet.benchmark.jobs")),
+    # the Python API sits on top: no harness module imports it
+    ("gauntlet.benchmark", ("gauntlet.api",)), ("gauntlet.attacks", ("gauntlet.api",)),
+    ("gauntlet.defenses", ("gauntlet.api",)), ("gauntlet.leaderboard", ("gauntlet.api",)),
 ])
 def test_allowed_import_directions(importer, forbidden):
     graph = _graph()
@@ -96,26 +101,26 @@ def test_allowed_import_directions(importer, forbidden):
 #: Adversarial-training recipes craft their training examples through the attacks'
 #: adaptive view (BPDA through the defense's own steps); they import it inside the recipe,
 #: so building or scoring a defense never imports attack code.
-TRAINING_RECIPES = {"defenses.adversarial", "defenses.cascade"}
+TRAINING_RECIPES = {"gauntlet.defenses.adversarial", "gauntlet.defenses.cascade"}
 
 
 def test_defenses_import_no_attack_code():
     graph = _graph()
-    bad = sorted((m, i) for m, deps in graph.items() if m.split(".")[0] == "defenses" and m not in TRAINING_RECIPES
-                 for i in deps if i.split(".")[0] == "attacks")
+    bad = sorted((m, i) for m, deps in graph.items() if m.startswith("gauntlet.defenses.") and m not in TRAINING_RECIPES
+                 for i in deps if i.startswith("gauntlet.attacks"))
     assert bad == [], bad
     for m in TRAINING_RECIPES:  # only inside functions
-        tree = ast.parse((ROOT / (m.replace(".", "/") + ".py")).read_text())
+        tree = ast.parse((ROOT / (m.removeprefix("gauntlet.").replace(".", "/") + ".py")).read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         assert not [ast.unparse(n) for n in top if "attacks" in ast.unparse(n)], m
 
 
 def test_the_orchestrator_reaches_the_jobs_only_by_name():
     """The orchestrator side (runner, plan, executors) never imports the job code: the
-    executors call ``benchmark.worker:execute`` by name in the worker."""
+    executors call ``gauntlet.benchmark.worker:execute`` by name in the worker."""
     graph = _graph()
-    for m in ("benchmark.runner", "benchmark.plan", "benchmark.executors", "benchmark.ray_executor"):
-        assert "benchmark.jobs" not in graph[m], (m, graph[m])
+    for m in ("gauntlet.benchmark.runner", "gauntlet.benchmark.plan", "gauntlet.benchmark.executors", "gauntlet.benchmark.ray_executor"):
+        assert "gauntlet.benchmark.jobs" not in graph[m], (m, graph[m])
 
 
 # -- runs that never lose or corrupt a result ------------------------------------------------
@@ -171,14 +176,14 @@ def test_a_successful_run_clears_stale_error_records_of_jobs_that_do_not_apply(s
 
 
 def _gauntlet(*args: str) -> list[str]:
-    return [sys.executable, "-m", "benchmark.cli", *args]
+    return [sys.executable, "-m", "gauntlet.benchmark.cli", *args]
 
 
 SLOW_STEP = '''
 import sys
 import time
 
-from defenses.pipeline import Step
+from gauntlet.defenses.pipeline import Step
 
 
 class Slow(Step):
@@ -264,7 +269,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_second_run_on_the_same_results_folder_exits_2_naming_the_holder(subs, tmp_path):
-    from benchmark.lock import results_lock
+    from gauntlet.benchmark.lock import results_lock
 
     results = tmp_path / "results"
     with results_lock(results):
@@ -280,10 +285,10 @@ def test_a_second_run_on_the_same_results_folder_exits_2_naming_the_holder(subs,
 
 
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
-    from benchmark.lock import results_lock
+    from gauntlet.benchmark.lock import results_lock
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from benchmark.lock import results_lock\n"
+        "import sys, time; from gauntlet.benchmark.lock import results_lock\n"
         f"with results_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(600)")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -297,8 +302,8 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
 def test_the_plan_is_pure_and_names_inputs_by_run_id():
     """Planning reads manifests and the registry only: no defense module is imported, and
     every input of every spec is another spec's run id."""
-    code = ("import sys\nfrom pathlib import Path\nfrom benchmark.registry import manifest_paths, validate\n"
-            "from benchmark.plan import plan_run\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom gauntlet.benchmark.registry import manifest_paths, validate\n"
+            "from gauntlet.benchmark.plan import plan_run\n"
             "subs, _ = validate(manifest_paths([Path('submissions')]), check_weights=False)\n"
             "plan = plan_run(subs, ['fgsm', 'pgd', 'apgd-ce', 'square'], ['linf-0.031', 'l2-0.005'],\n"
             "                {'linf': (0.0, 0.031, 0.1)}, certify=True)\n"
@@ -322,7 +327,7 @@ def test_results_and_manifest_facts_are_written_by_the_orchestrator_only():
 
 def test_ray_lanes_are_counted_per_node_and_a_lane_that_fits_nowhere_is_refused():
     """An actor whose memory fits on no node would wait forever: refused up front."""
-    from benchmark.ray_executor import lane_slots
+    from gauntlet.benchmark.ray_executor import lane_slots
 
     gib = 2**30
     nodes = [{"Alive": True, "Resources": {"GPU": 4, "CPU": 8, "memory": 40 * gib}},  # memory-bound: 2
@@ -337,7 +342,7 @@ def test_ray_lanes_are_counted_per_node_and_a_lane_that_fits_nowhere_is_refused(
 def test_a_record_computed_by_other_code_is_not_written(subs, tmp_path, monkeypatch):
     """A node on another commit computes with another harness: its records are refused
     (an error record each), never mixed into this run's results."""
-    import benchmark.runner as runner
+    import gauntlet.benchmark.runner as runner
 
     monkeypatch.setattr(runner, "code_hash", lambda: "0" * 16)  # the driver's checkout differs
     summary = run(_cfg(subs, tmp_path / "results", isolate=False, attacks=("fgsm",)), progress=False)

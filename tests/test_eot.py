@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.base import AttackContext
-from attacks.registry import make_attack
-from benchmark.datasets import get_dataset
-from benchmark.registry import build_classifier, load_submission
-from benchmark.scoring import score
-from benchmark.threats import get_threat
-from defenses.pipeline import Defense
-from defenses.smoothing import GaussianNoise
+from gauntlet.attacks.base import AttackContext
+from gauntlet.attacks.registry import make_attack
+from gauntlet.benchmark.datasets import get_dataset
+from gauntlet.benchmark.registry import build_classifier, load_submission
+from gauntlet.benchmark.scoring import score
+from gauntlet.benchmark.threats import get_threat
+from gauntlet.defenses.pipeline import Defense
+from gauntlet.defenses.smoothing import GaussianNoise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SUBMISSION = Path(__file__).resolve().parent.parent / "submissions" / "cohen2019-smoothing-s050" / "manifest.yaml"

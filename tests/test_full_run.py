@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from attacks.base import ATTACKS
-from attacks.registry import attack_ids
-from benchmark.results import iter_results
-from benchmark.runner import RunConfig, run
-from benchmark.threats import FIXED_THREATS
-from leaderboard.site import build_site
+from gauntlet.attacks.base import ATTACKS
+from gauntlet.attacks.registry import attack_ids
+from gauntlet.benchmark.results import iter_results
+from gauntlet.benchmark.runner import RunConfig, run
+from gauntlet.benchmark.threats import FIXED_THREATS
+from gauntlet.leaderboard.site import build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The intervals of benchmark.intervals: exact for 0/1 scores, and checked by simulation for
+"""The intervals of gauntlet.benchmark.intervals: exact for 0/1 scores, and checked by simulation for
 a randomized defense's fractional scores (means of R scoring draws)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from benchmark.intervals import accuracy_interval, clopper_pearson, overlap
+from gauntlet.benchmark.intervals import accuracy_interval, clopper_pearson, overlap
 
 
 def test_zero_one_scores_get_the_exact_clopper_pearson_interval():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.isolation import JobRunner, WorkerStartError, descendants
+from gauntlet.benchmark.isolation import JobRunner, WorkerStartError, descendants
 
 JOBS = "tests.fixtures.hostile.jobs"
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
@@ -142,7 +142,7 @@ def test_the_worker_dies_with_a_killed_parent(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from benchmark.isolation import JobRunner
+        from gauntlet.benchmark.isolation import JobRunner
 
         if __name__ == "__main__":
             r = JobRunner(600, 400, "cpu", preload=())
@@ -177,8 +177,8 @@ ATTACK_TIMEOUT, ATTACK_MEMORY = 8.0, 1500  # room for the hog to reach the limit
 def hostile(tmp_path_factory):
     """Hostile submissions beside dummy-linear, and a one-slot local executor whose workers
     fork from a fork server that has imported the jobs and loaded mnist-embedded once."""
-    from benchmark.executors import LocalExecutor
-    from benchmark.runner import RunConfig
+    from gauntlet.benchmark.executors import LocalExecutor
+    from gauntlet.benchmark.runner import RunConfig
 
     root = tmp_path_factory.mktemp("hostile")
     subs = root / "submissions"
@@ -189,7 +189,7 @@ def hostile(tmp_path_factory):
                     results_dir=root / "results", sweep=False, certify=False, device="cpu",
                     job_timeout_s=ATTACK_TIMEOUT, job_memory_mb=ATTACK_MEMORY)
     with LocalExecutor(1, ATTACK_TIMEOUT, ATTACK_MEMORY, "cpu", threads=1,
-                       preload=("benchmark.jobs", "tests.fixtures.hostile.warm")) as executor:
+                       preload=("gauntlet.benchmark.jobs", "tests.fixtures.hostile.warm")) as executor:
         yield cfg, executor
 
 
@@ -200,10 +200,10 @@ def test_hostile_submission_becomes_an_error_row_and_the_run_goes_on(hostile, su
     error record of its kind (a crash after its retries), and the next submission runs."""
     from dataclasses import replace
 
-    from benchmark.error_records import error_job_config
-    from benchmark.registry import load_submission
-    from benchmark.results import config_hash, iter_results, read_result
-    from benchmark.runner import run
+    from gauntlet.benchmark.error_records import error_job_config
+    from gauntlet.benchmark.registry import load_submission
+    from gauntlet.benchmark.results import config_hash, iter_results, read_result
+    from gauntlet.benchmark.runner import run
 
     cfg, executor = hostile
     summary = run(replace(cfg, defenses=(sub_id, "dummy-linear")), progress=False, executor=executor)

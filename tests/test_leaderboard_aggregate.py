@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.intervals import accuracy_interval, clopper_pearson
-from benchmark.results import ResultError, iter_results
-from leaderboard import aggregate as agg
-from leaderboard import details
+from gauntlet.benchmark.intervals import accuracy_interval, clopper_pearson
+from gauntlet.benchmark.results import ResultError, iter_results
+from gauntlet.leaderboard import aggregate as agg
+from gauntlet.leaderboard import details
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DS = "mnist-embedded"
@@ -215,7 +215,7 @@ def test_naive_baseline_of_old_records_comes_from_the_catalog(tmp_path):
     assert agg.worst_case(board(tmp_path), DS, "d", "linf-0.031").naive == "pgd"
     # No traits recorded and none in the catalog: no naive baseline is claimed.
     assert agg.worst_case(board(tmp_path, catalog={}), DS, "d", "linf-0.031").naive is None
-    from benchmark.catalog import attack_catalog
+    from gauntlet.benchmark.catalog import attack_catalog
 
     real = attack_catalog()
     assert real["pgd"]["traits"]["naive_baseline"] and real["pgd-blind"]["traits"]["needs_rejection"]
@@ -527,13 +527,13 @@ def test_minimal_error_record_infers_its_job_from_the_path(tmp_path):
 
 
 def test_error_records_written_by_the_runner_load(tmp_path):
-    """The orchestrator's own error records (benchmark.error_records), for an attack and a
+    """The orchestrator's own error records (gauntlet.benchmark.error_records), for an attack and a
     build failure."""
-    from benchmark.error_records import error_job_config, error_record
-    from benchmark.results import write_result
-    from benchmark.isolation import JobOutcome
-    from benchmark.registry import load_submission
-    from benchmark.runner import RunConfig
+    from gauntlet.benchmark.error_records import error_job_config, error_record
+    from gauntlet.benchmark.results import write_result
+    from gauntlet.benchmark.isolation import JobOutcome
+    from gauntlet.benchmark.registry import load_submission
+    from gauntlet.benchmark.runner import RunConfig
 
     sub = load_submission(FIXTURES / "submissions" / "dummy-linear" / "manifest.yaml")
     cfg = RunConfig(submissions_dir=FIXTURES / "submissions", results_dir=tmp_path, n_examples=3)
@@ -595,7 +595,7 @@ def test_profile_summary(tmp_path):
     path.write_text(json.dumps(rec))
     b = board(tmp_path)
     linf = agg.profile_summary(b.select("attack", DS, "d", "linf-0.031"))
-    from benchmark.profiles import PROFILES
+    from gauntlet.benchmark.profiles import PROFILES
 
     assert linf["label"] == "quick profile, 3 examples" and linf["description"] == PROFILES["quick"].description
     assert agg.profile_summary(b.runs)["label"] == "full + quick profiles, 3–5 examples"
@@ -654,7 +654,7 @@ def test_iter_results_skips_manifest_json():
 def test_old_schema_fixtures_still_load(folder):
     """Both committed folders are schema 1: they must keep loading, ranking and getting
     intervals, naive baselines and verdicts computed from their per-example arrays."""
-    from benchmark.catalog import fallback_catalog
+    from gauntlet.benchmark.catalog import fallback_catalog
 
     # results-v1 predates attacks.json: the registry's catalog, as `gauntlet leaderboard` supplies
     old = agg.load_board(FIXTURES / folder, catalog=fallback_catalog(FIXTURES / folder))
@@ -674,15 +674,15 @@ def test_old_schema_fixtures_still_load(folder):
 def test_registry_catalog_and_no_defense_or_attack_import(tmp_path):
     """The runner's attacks.json holds the registry in order; the leaderboard reads it (and
     renders a site) without importing a defense or an attack module."""
-    from attacks.registry import attack_ids
-    from benchmark.catalog import write_catalog
+    from gauntlet.attacks.registry import attack_ids
+    from gauntlet.benchmark.catalog import write_catalog
 
     write_catalog(tmp_path)
     write(tmp_path, "d", "pgd", [1, 0, 0, 0])
     code = ("import sys; from leaderboard import aggregate as a; "
             f"c = a.load_board({str(tmp_path)!r}).catalog; print(','.join(c)); "
             "assert all(isinstance(v['params'], dict) and v['summary'] for v in c.values()); "
-            "import leaderboard.site; "
+            "import gauntlet.leaderboard.site; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('defenses', 'attacks')]; "
             "assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent,

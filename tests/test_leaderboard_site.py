@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from markupsafe import escape
 
-from benchmark.intervals import clopper_pearson
-from benchmark.results import ResultError
-from leaderboard.aggregate import CLAIM_RULE, OVERLAP_TOOLTIP
-from leaderboard.site import build_site, ci, http_url
+from gauntlet.benchmark.intervals import clopper_pearson
+from gauntlet.benchmark.results import ResultError
+from gauntlet.leaderboard.aggregate import CLAIM_RULE, OVERLAP_TOOLTIP
+from gauntlet.leaderboard.site import build_site, ci, http_url
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 DS = "mnist-embedded"
@@ -454,7 +454,7 @@ def _plant(root: Path, rel: str, field: list, token: str) -> Path:
 ], ids=["summary", "per-example", "per-example-rate", "certified", "manifest-claim"])
 def test_gauntlet_leaderboard_rejects_a_hostile_value_naming_file_and_field(tmp_path, capsys, rel, field, shown,
                                                                                token):
-    from benchmark.cli import main
+    from gauntlet.benchmark.cli import main
 
     root = tmp_path / "results"
     shutil.copytree(FIXTURES, root)
@@ -469,7 +469,7 @@ def test_gauntlet_leaderboard_rejects_a_hostile_value_naming_file_and_field(tmp_
 
 def test_old_schema_results_still_render(tmp_path):
     """The frozen schema-1 files build a site with the numbers their arrays give."""
-    from benchmark.catalog import fallback_catalog
+    from gauntlet.benchmark.catalog import fallback_catalog
 
     old = FIXTURES.parent / "results-v1"  # predates attacks.json: the CLI supplies the registry's
     build_site(old, tmp_path / "site", catalog=fallback_catalog(old))

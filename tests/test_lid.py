@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.registry import build_defense, load_submission
-from benchmark.scoring import score
-from benchmark.threats import ThreatModel
-from benchmark.training import TrainingJob
-from defenses.pipeline import Defense
-from defenses.lid import (LIDDetector, auc, craft, layer_outputs, lid_mle, lid_recipe,
+from gauntlet.benchmark.registry import build_defense, load_submission
+from gauntlet.benchmark.scoring import score
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.benchmark.training import TrainingJob
+from gauntlet.defenses.pipeline import Defense
+from gauntlet.defenses.lid import (LIDDetector, auc, craft, layer_outputs, lid_mle, lid_recipe,
                           pairwise_distances)
 
 SUBMISSION = Path(__file__).resolve().parents[1] / "submissions" / "ma2018-lid"
@@ -159,7 +159,7 @@ def test_craft_stays_in_the_ball_and_bim_a_freezes_broken_examples() -> None:
 
 def test_recipe_fits_a_detector_at_its_false_positive_rate(one_thread) -> None:
     sub = load_submission(SUBMISSION / "manifest.yaml")
-    from benchmark.datasets import get_dataset
+    from gauntlet.benchmark.datasets import get_dataset
 
     x, y = get_dataset("mnist-embedded").split("train")
     idx = torch.arange(0, 4000, 20)  # 200 images, 20 per class
@@ -204,8 +204,8 @@ def test_rejection_aware_pgd_evades_the_detector_that_stops_blind_pgd(committed,
     """Carlini & Wagner (2017), Athalye et al. (2018, §5.1): LID stops part of an attack
     that ignores it (the runner's ``pgd-blind``), and none of one that attacks the
     detector too (runner's ``pgd``, reject logit folded into the loss)."""
-    from attacks.base import AttackContext
-    from attacks.registry import make_attack
+    from gauntlet.attacks.base import AttackContext
+    from gauntlet.attacks.registry import make_attack
 
     x, y = mnist_test_slice
     x, y = x[:40], y[:40]

@@ -9,9 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmark.cli import main
-from benchmark.manifest import ManifestError, json_schema, parse_manifest
-from benchmark.registry import check_factory, manifest_paths, validate
+from gauntlet.benchmark.cli import main
+from gauntlet.benchmark.manifest import ManifestError, json_schema, parse_manifest
+from gauntlet.benchmark.registry import check_factory, manifest_paths, validate
 
 
 def _edit(folder: Path, **changes) -> Path:

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-import attacks.adaptive as adaptive
-from attacks.adaptive import AdaptiveView, evaluate
-from attacks.pgd import pgd
-from benchmark.threats import ThreatModel
-from defenses.models import LinearClassifier, SmallCNN
-from defenses.pipeline import Defense, Step
-from defenses.preprocess import BitDepth
+import gauntlet.attacks.adaptive as adaptive
+from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+from gauntlet.attacks.pgd import pgd
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.models import LinearClassifier, SmallCNN
+from gauntlet.defenses.pipeline import Defense, Step
+from gauntlet.defenses.preprocess import BitDepth
 
 SIDE = 8
 

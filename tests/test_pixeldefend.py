@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.adaptive import AdaptiveView, evaluate
-from benchmark.registry import build_defense, load_submission
-from defenses.pixelcnn import MaskedConv, PixelCNN
-from defenses.pixeldefend import (PixelDefend, PixelDefendModel, PixelDefendPurifier, purify, purify_raster,
+from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+from gauntlet.benchmark.registry import build_defense, load_submission
+from gauntlet.defenses.pixelcnn import MaskedConv, PixelCNN
+from gauntlet.defenses.pixeldefend import (PixelDefend, PixelDefendModel, PixelDefendPurifier, purify, purify_raster,
                                   train_pixeldefend)
 from tests.training_jobs import tiny_job
 
@@ -156,9 +156,9 @@ def test_naive_pgd_fails_and_bpda_breaks_it(committed, mnist_test_slice) -> None
     At ε = 0.3 > ε_defend = 0.1 the purifier cannot pull a pixel back to where it was; at
     ε ≤ ε_defend on MNIST it mostly can (measured: BPDA leaves 0.90 at ε = 0.1).
     """
-    from attacks.base import AttackContext
-    from attacks.registry import make_attack_unchecked
-    from benchmark.threats import ThreatModel
+    from gauntlet.attacks.base import AttackContext
+    from gauntlet.attacks.registry import make_attack_unchecked
+    from gauntlet.benchmark.threats import ThreatModel
 
     x, y = mnist_test_slice[0][:10], mnist_test_slice[1][:10]
     threat = ThreatModel("linf", 0.3)

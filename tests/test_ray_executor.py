@@ -17,8 +17,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from benchmark.results import iter_results  # noqa: E402
-from benchmark.runner import RunConfig, run  # noqa: E402
+from gauntlet.benchmark.results import iter_results  # noqa: E402
+from gauntlet.benchmark.runner import RunConfig, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Deterministic, randomized, certified.

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.registry import load_submission, resolve
+from gauntlet.benchmark.registry import load_submission, resolve
 from tests.training_jobs import tiny_job
 
 SUBMISSIONS = Path(__file__).resolve().parents[1] / "submissions"
@@ -43,7 +43,7 @@ def test_recipe_trains_on_a_tiny_budget(sub_id: str, overrides: dict) -> None:
 
 def test_pgd_at_trains_on_adversarial_points_inside_the_ball(monkeypatch) -> None:
     """The inner maximization stays in the ε-ball and actually moves the inputs."""
-    import defenses.adversarial as adversarial
+    import gauntlet.defenses.adversarial as adversarial
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = adversarial.pgd_last_iterate
@@ -64,7 +64,7 @@ def test_pgd_at_trains_on_adversarial_points_inside_the_ball(monkeypatch) -> Non
 
 
 def test_pgd_at_rejects_bad_arguments() -> None:
-    from defenses.adversarial import pgd_at
+    from gauntlet.defenses.adversarial import pgd_at
 
     with pytest.raises(ValueError):
         pgd_at(tiny_job("madry2018-pgd-at", n=8), eps=-1.0)
@@ -74,8 +74,8 @@ def test_save_weights_fills_an_empty_sha256_line(tmp_path) -> None:
     """A new submission has no digest yet: ``sha256:`` becomes ``sha256: <hex>``, valid YAML."""
     import shutil
 
-    from benchmark.manifest import sha256_file
-    from benchmark.training import save_weights
+    from gauntlet.benchmark.manifest import sha256_file
+    from gauntlet.benchmark.training import save_weights
 
     folder = tmp_path / "standard-cnn-mnist"
     shutil.copytree(Path(__file__).resolve().parent.parent / "submissions" / "standard-cnn-mnist", folder)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import records
-from benchmark.results import ResultError, existing_hash, iter_results, read_result, write_result
-from leaderboard.board import ManifestFacts
+from gauntlet.benchmark import records
+from gauntlet.benchmark.results import ResultError, existing_hash, iter_results, read_result, write_result
+from gauntlet.leaderboard.board import ManifestFacts
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DS = "mnist-embedded"
@@ -249,7 +249,7 @@ def test_an_invalid_existing_file_is_redone(tmp_path):
 
 
 def test_the_ci_summary_names_file_and_field(tmp_path, capsys):
-    from benchmark.summary import main, md
+    from gauntlet.benchmark.summary import main, md
 
     root = tmp_path / "results"
     shutil.copytree(FIXTURES / "results" / DS / "jpeg", root / DS / "jpeg")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.intervals import clopper_pearson
-from benchmark.report import END, START, ReportError, add_parser, cmd_report, render_table, update_readme
-from benchmark.results import ResultError
+from gauntlet.benchmark.intervals import clopper_pearson
+from gauntlet.benchmark.report import END, START, ReportError, add_parser, cmd_report, render_table, update_readme
+from gauntlet.benchmark.results import ResultError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 DS = "mnist-embedded"

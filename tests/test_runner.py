@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.results import SCHEMA_VERSION, iter_results, read_result
-from benchmark.runner import RunConfig, run
+from gauntlet.benchmark.results import SCHEMA_VERSION, iter_results, read_result
+from gauntlet.benchmark.runner import RunConfig, run
 
 ATTACKS = ("fgsm", "pgd", "pgd-bpda", "random")
 FAST = ("fgsm", "pgd")
@@ -76,7 +76,7 @@ def test_resume_skips_finished_runs_and_same_seed_is_identical(submissions, tmp_
 def test_killed_run_resumes_to_the_same_files(submissions, tmp_path):
     """SIGKILL part-way: no partial file is visible, and a re-run completes identically."""
     results = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions), "--results",
+    cmd = [sys.executable, "-m", "gauntlet.benchmark.cli", "run", "--submissions", str(submissions), "--results",
            str(results), "--n-examples", "30", "--threat", "linf-0.1", "--no-sweep", "--no-site", "--quiet",
            "--workers", "1"]
     for a in ATTACKS:
@@ -100,7 +100,7 @@ def test_killed_run_resumes_to_the_same_files(submissions, tmp_path):
 
 
 def test_cli_run_bad_input_exits_2_without_traceback(submissions, tmp_path):
-    base = [sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions),
+    base = [sys.executable, "-m", "gauntlet.benchmark.cli", "run", "--submissions", str(submissions),
             "--results", str(tmp_path / "r"), "--no-site", "--quiet"]
     for extra, needle in ([["--attack", "pgdd"]], "Did you mean 'pgd'"), ([["--threat", "l3-1"]], "expected"), \
                          ([["--defense", "nope"]], "unknown or invalid defense"):
@@ -115,7 +115,7 @@ def test_cli_run_bad_input_exits_2_without_traceback(submissions, tmp_path):
 def test_cli_run_refuses_tampered_weights_before_running_anything(submissions, tmp_path):
     weights = submissions / "dummy-linear" / "weights.pt"
     weights.write_bytes(weights.read_bytes() + b"tampered")
-    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(submissions),
+    out = subprocess.run([sys.executable, "-m", "gauntlet.benchmark.cli", "run", "--submissions", str(submissions),
                           "--results", str(tmp_path / "r"), "--no-site", "--quiet"], capture_output=True, text=True)
     assert out.returncode == 2 and "dummy-linear/manifest.yaml: model.weights: sha256 of weights.pt is" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()
@@ -141,7 +141,7 @@ def test_parallel_workers_give_the_same_numbers(submissions, tmp_path):
 
 HIDDEN_NOISE = '''
 import torch
-from defenses.pipeline import Step
+from gauntlet.defenses.pipeline import Step
 
 
 class HiddenNoise(Step):
@@ -156,10 +156,10 @@ def test_observed_randomness_reaches_the_scorer_and_the_eot_view(submissions, tm
     """A defense that hides its randomness (manifest and code say deterministic) is
     marked randomized by the runner: clean and adversarial scores average R draws (some
     per-example scores are fractions) and the EOT attack runs with its k draws."""
-    from attacks.adaptive import AdaptiveView
-    from benchmark.profiles import get_profile
-    from benchmark.registry import load_submission
-    from benchmark.jobs import SubmissionRun
+    from gauntlet.attacks.adaptive import AdaptiveView
+    from gauntlet.benchmark.profiles import get_profile
+    from gauntlet.benchmark.registry import load_submission
+    from gauntlet.benchmark.jobs import SubmissionRun
 
     folder = submissions / "dummy-linear"
     (folder / "hidden.py").write_text(HIDDEN_NOISE)
@@ -184,7 +184,7 @@ def test_observed_randomness_reaches_the_scorer_and_the_eot_view(submissions, tm
 def test_manifest_declared_randomness_marks_the_defense(submissions):
     """``properties.randomized: true`` reaches the defense every attack and the scorer read,
     even when its code declares nothing (as ``properties.rejects`` does)."""
-    from benchmark.registry import build_defense, load_submission
+    from gauntlet.benchmark.registry import build_defense, load_submission
 
     manifest = submissions / "dummy-linear" / "manifest.yaml"
     assert not build_defense(load_submission(manifest)).randomized

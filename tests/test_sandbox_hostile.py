@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.config import RunConfig
-from benchmark.runner import run
-from benchmark.sandbox import SandboxUnavailable, check_bwrap
+from gauntlet.benchmark.config import RunConfig
+from gauntlet.benchmark.runner import run
+from gauntlet.benchmark.sandbox import SandboxUnavailable, check_bwrap
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ROOT / "tests" / "fixtures" / "hostile-sandbox"
@@ -160,7 +160,7 @@ def test_a_defense_sees_no_file_network_or_secret_outside_its_own_folder(alone, 
 
 TRACE = '''
 import ctypes, os, socket, torch
-from defenses.models import SmallCNN
+from gauntlet.defenses.models import SmallCNN
 
 def _traces():
     found = [p for p in ("/tmp/trace", "/dev/shm/trace") if os.path.exists(p)]
@@ -201,9 +201,9 @@ class Trace(SmallCNN):
 def test_each_scoring_server_starts_with_no_trace_of_the_ones_before(tmp_path):
     """A fresh scoring server (``wipe=True``) finds no file, shared memory, System V segment
     or daemon left by an earlier server of its sandbox; without the wipe it would."""
-    from benchmark.registry import load_submission
-    from benchmark.remote import DefenseError
-    from benchmark.sandbox import Sandbox, open_defense
+    from gauntlet.benchmark.registry import load_submission
+    from gauntlet.benchmark.remote import DefenseError
+    from gauntlet.benchmark.sandbox import Sandbox, open_defense
 
     folder = _folder(tmp_path, honest=False) / "hostile-trace"
     folder.mkdir()
@@ -227,7 +227,7 @@ def test_each_scoring_server_starts_with_no_trace_of_the_ones_before(tmp_path):
 
 def test_without_bubblewrap_the_run_stops_with_one_line_naming_the_fix(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}  # no bwrap on this PATH
-    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "--submissions", str(ROOT / "submissions"),
+    proc = subprocess.run([sys.executable, "-m", "gauntlet.benchmark.cli", "run", "--submissions", str(ROOT / "submissions"),
                            "--defense", HONEST.name, "--results", str(tmp_path / "r"), "--quiet"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr
@@ -250,7 +250,7 @@ def escape(job, target):
 def test_training_runs_in_the_sandbox_and_writes_only_its_own_folder(tmp_path):
     """``gauntlet train`` in bubblewrap: the recipe cannot write outside its folder (which
     it can unconfined), and the weights and their sha256 land in the folder."""
-    from benchmark.cli import main
+    from gauntlet.benchmark.cli import main
 
     target = tmp_path / "outside.txt"
     for mode in ("none", "bwrap"):
@@ -270,7 +270,7 @@ def test_training_runs_in_the_sandbox_and_writes_only_its_own_folder(tmp_path):
             target.unlink()
         else:
             assert not target.exists()
-            from benchmark.manifest import sha256_file
+            from gauntlet.benchmark.manifest import sha256_file
 
             assert (subs / "dummy-linear" / "weights.pt").is_file()
             assert sha256_file(subs / "dummy-linear" / "weights.pt") in manifest.read_text()

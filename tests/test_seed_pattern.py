@@ -9,7 +9,7 @@ each defense (``pgd-bpda``, ``pgd-eot``, ``pgd-bpda-eot``, k = 10), plus ``pgd``
 ε = ∞ for the flags. "Adaptive" is the per-example worst case over those and ``pgd``. The
 full suite on every defense is ``gauntlet run``.
 
-Every comparison is between exact 95% intervals (:mod:`benchmark.intervals`), never
+Every comparison is between exact 95% intervals (:mod:`gauntlet.benchmark.intervals`), never
 between point estimates: on 40 examples one example moves an accuracy by 2.5 points, and
 a threshold on a point flips with it.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.intervals import accuracy_interval
-from benchmark.results import read_result
-from benchmark.runner import RunConfig, run
+from gauntlet.benchmark.intervals import accuracy_interval
+from gauntlet.benchmark.results import read_result
+from gauntlet.benchmark.runner import RunConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SHATTERED = ("buckman2018-thermometer", "buckman2018-thermometer-at", "guo2018-bit-depth", "guo2018-jpeg",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.results import read_result
-from benchmark.runner import RunConfig, run
+from gauntlet.benchmark.results import read_result
+from gauntlet.benchmark.runner import RunConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATIVE = ("song2018-pixeldefend", "samangouei2018-defensegan")

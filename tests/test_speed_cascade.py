@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.base import AttackContext
-from attacks.registry import attack_ids, make_attack, make_attack_unchecked
-from benchmark import cascade
-from benchmark.flags import worst_case_accuracy
-from benchmark.runner import RunConfig, run
-from benchmark.streams import RowStreams, _signed, fork, mix, rand, randint, randn, signs
-from benchmark.threats import get_threat
+from gauntlet.attacks.base import AttackContext
+from gauntlet.attacks.registry import attack_ids, make_attack, make_attack_unchecked
+from gauntlet.benchmark import cascade
+from gauntlet.benchmark.flags import worst_case_accuracy
+from gauntlet.benchmark.runner import RunConfig, run
+from gauntlet.benchmark.streams import RowStreams, _signed, fork, mix, rand, randint, randn, signs
+from gauntlet.benchmark.threats import get_threat
 
 ROOT = Path(__file__).resolve().parent.parent
 MASK = (1 << 64) - 1
@@ -87,8 +87,8 @@ def test_draws_have_the_right_distributions():
 
 @pytest.fixture(scope="module")
 def standard():
-    from benchmark.datasets import get_dataset
-    from benchmark.registry import build_defense, load_submission
+    from gauntlet.benchmark.datasets import get_dataset
+    from gauntlet.benchmark.registry import build_defense, load_submission
 
     defense = build_defense(load_submission(ROOT / "submissions" / "standard-cnn-mnist" / "manifest.yaml"),
                             torch.device("cpu"))
@@ -196,8 +196,8 @@ def test_the_cascade_gives_the_full_runs_worst_case_and_flags(tmp_path):
     for i, a in enumerate(pe["attacked"]):
         assert (pe["robust_correct"][i] is None) == (not a and pe["clean_correct"][i] > 0)
     # the site reads it: "broken among those still robust"
-    from leaderboard.board import load_board
-    from leaderboard.details import attack_table
+    from gauntlet.leaderboard.board import load_board
+    from gauntlet.leaderboard.details import attack_table
 
     table = attack_table(load_board(cascaded), "mnist-embedded", "standard-cnn-mnist", "linf-0.1")
     row = table.set_index("attack").loc["apgd-dlr"]

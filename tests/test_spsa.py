@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.adaptive import AdaptiveView, evaluate
-from attacks.registry import make_attack
-from benchmark.threats import ThreatModel
-from defenses.pipeline import Defense
+from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+from gauntlet.attacks.registry import make_attack
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.pipeline import Defense
 from tests.linear import exact_distance, linear_problem, still_correct
 from tests.linear_exact import exact_robustness
 from tests.dummies import OpaqueIdentity, RejectLowConfidence, run_attack
@@ -56,7 +56,7 @@ def ridge_mnist_linear(per_class: int = 100, ridge: float = 100.0) -> MaskedLine
     first 1,000 rows hold three classes only). Deterministic: a float64 normal equation.
     Nearest-centroid weights would need no fit, but their margins are so wide that
     nothing is breakable at ℓ2 0.005 (robust = clean), which would make the test vacuous."""
-    from benchmark.datasets import get_dataset
+    from gauntlet.benchmark.datasets import get_dataset
 
     x, y = get_dataset("mnist-embedded").split("train")
     sel = torch.cat([(y == k).nonzero().flatten()[:per_class] for k in range(10)])
@@ -223,7 +223,7 @@ def test_query_count_and_early_stop():
 def test_estimate_is_the_gradient_on_a_linear_model():
     # finite differences of a linear function are exact, so ĝ = (1/n) Σ_k (c·v_k) v_k
     # concentrates on c: E[v vᵀ] = I; with 4096 pairs in 16 dimensions the cosine is ~1
-    from attacks.spsa import spsa_gradient
+    from gauntlet.attacks.spsa import spsa_gradient
 
     model, x, y = linear_problem(3, num_classes=2, side=4)
     g = spsa_gradient(AdaptiveView(model), x, y, pairs=4096, delta=0.01, max_rows=8192,

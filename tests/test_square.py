@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.base import AttackContext
-from attacks.registry import make_attack_unchecked
-from attacks.square import eta_pattern, p_schedule
-from benchmark.threats import ThreatModel
-from defenses.models import LinearClassifier
-from defenses.pipeline import Defense, Step
+from gauntlet.attacks.base import AttackContext
+from gauntlet.attacks.registry import make_attack_unchecked
+from gauntlet.attacks.square import eta_pattern, p_schedule
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.models import LinearClassifier
+from gauntlet.defenses.pipeline import Defense, Step
 from tests.linear import exact_distance, linear_problem, still_correct
 
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark.threats import FIXED_THREATS, ThreatModel, ThreatViolation, get_threat
+from gauntlet.benchmark.threats import FIXED_THREATS, ThreatModel, ThreatViolation, get_threat
 
 
 def test_fixed_threats_and_raw_radii():

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import code_hash as ch
-from benchmark.results import iter_results, read_result
-from benchmark.runner import RunConfig, run
+from gauntlet.benchmark import code_hash as ch
+from gauntlet.benchmark.results import iter_results, read_result
+from gauntlet.benchmark.runner import RunConfig, run
 
 DATASET = "mnist-embedded"
 
@@ -78,7 +78,7 @@ def test_editing_one_byte_of_any_helper_module_reruns_the_job(submissions, tmp_p
     """The config hash covers every source file of the harness, not only the attack's own
     module: a one-byte edit of a helper (here a copy of attacks/losses.py) re-runs the job."""
     copy = tmp_path / "attacks-copy"
-    shutil.copytree(Path(ch.package_folders(("attacks",))[0]), copy)
+    shutil.copytree(Path(ch.package_folders(("gauntlet.attacks",))[0]), copy)
     real = ch.package_folders
 
     def folders(packages=ch.HASHED_PACKAGES):
@@ -127,7 +127,7 @@ def test_batch_size_is_part_of_the_config_hash(submissions, tmp_path):
 def test_convolutions_are_not_batch_invariant_bitwise(mnist_test_slice):
     """Why invariance is impossible: the same model on the same examples gives other float
     results in a batch of 7 than in a batch of 100 (oneDNN picks kernels by shape)."""
-    from benchmark.registry import build_defense, load_submission
+    from gauntlet.benchmark.registry import build_defense, load_submission
 
     root = Path(__file__).resolve().parent.parent
     defense = build_defense(load_submission(root / "submissions" / "standard-cnn-mnist" / "manifest.yaml"),
@@ -169,9 +169,9 @@ def test_randomized_defense_pgd_keeps_its_last_iterate_not_a_lucky_draw():
     way keeps earlier points of higher expected margin (≈ 0.36–0.40 on this model)."""
     from scipy.stats import norm
 
-    from attacks.base import AttackContext
-    from attacks.registry import make_attack
-    from benchmark.threats import ThreatModel
+    from gauntlet.attacks.base import AttackContext
+    from gauntlet.attacks.registry import make_attack
+    from gauntlet.benchmark.threats import ThreatModel
 
     torch.manual_seed(0)
     model = NoisyLinear()
@@ -193,7 +193,7 @@ class PixelGridDetector(nn.Module):
 
     def __init__(self, abstains: bool) -> None:
         super().__init__()
-        from defenses.models import LinearClassifier
+        from gauntlet.defenses.models import LinearClassifier
 
         self.abstains = abstains
         self.linear = LinearClassifier(784, 10)  # the trained dummy of tests/fixtures/submissions
@@ -208,11 +208,11 @@ class PixelGridDetector(nn.Module):
 
 @pytest.mark.parametrize("abstains", [False, True])
 def test_abstention_is_an_error_in_the_headline_and_a_detection_is_a_win(abstains, mnist_test_slice):
-    from attacks.base import AttackContext
-    from attacks.registry import make_attack
-    from benchmark.scoring import score
-    from benchmark.threats import ThreatModel
-    from defenses.pipeline import Defense
+    from gauntlet.attacks.base import AttackContext
+    from gauntlet.attacks.registry import make_attack
+    from gauntlet.benchmark.scoring import score
+    from gauntlet.benchmark.threats import ThreatModel
+    from gauntlet.defenses.pipeline import Defense
 
     defense = Defense(PixelGridDetector(abstains)).eval()
     defense.abstains = abstains
@@ -227,8 +227,8 @@ def test_abstention_is_an_error_in_the_headline_and_a_detection_is_a_win(abstain
         assert float(adv.rejected[attacked].mean()) == 1.0
     else:  # against a detector a rejected point is worse for the attacker than the clean one
         assert bool((adv.correct + adv.rejected)[attacked].min() == 1.0)
-    # What the runner records as the headline (benchmark.runner.SubmissionRun.attack_job).
-    from attacks.base import defense_facts
+    # What the runner records as the headline (gauntlet.benchmark.runner.SubmissionRun.attack_job).
+    from gauntlet.attacks.base import defense_facts
 
     assert defense_facts(defense)["abstains"] is abstains
     headline = torch.minimum(clean.correct, adv.correct if abstains else adv.survives)
@@ -255,7 +255,7 @@ def test_runner_counts_a_smoothed_models_abstention_as_not_robust(tmp_path):
 def test_a_certified_example_misclassified_in_most_draws_is_a_violation():
     """The consistency check can fire on a smoothed model: wrong in 6 of 10 draws at a
     point inside the certified radius is a violation (before, only 10 of 10 counted)."""
-    from benchmark.certify import consistency_violations
+    from gauntlet.benchmark.certify import consistency_violations
 
     cert = {"radius": [1.0, 1.0, 1.0], "correct": [1, 1, 1]}
     attack = {"clean_correct": [1.0, 1.0, 1.0], "robust_correct": [0.4, 0.9, 0.6],
@@ -278,7 +278,7 @@ def _record(attack_id: str, robust: list[float], traits: dict[str, bool], **info
 def test_flags_follow_attack_traits_not_id_lists():
     """A new attack is counted by its declared traits: an adaptive attack nobody listed,
     and APGD (which runs on the adaptive view), both raise adaptive-beats-naive."""
-    from benchmark.flags import compute_flags
+    from gauntlet.benchmark.flags import compute_flags
 
     naive = _record("pgd", [1.0] * 10, {"naive_baseline": True}, zero_grad_fraction=0.0)
     for adaptive_id in ("apgd-ce", "brand-new-attack"):
@@ -291,7 +291,7 @@ def test_flags_follow_attack_traits_not_id_lists():
 
 
 def test_flags_read_traits_of_old_records_from_the_registry():
-    from benchmark.flags import compute_flags
+    from gauntlet.benchmark.flags import compute_flags
 
     old = {"pgd": {"attack": {"id": "pgd"}, "info": {"zero_grad_fraction": 0.5},
                    "per_example": {"clean_correct": [1.0] * 4, "robust_correct": [1.0] * 4},
@@ -304,6 +304,6 @@ def test_results_of_a_run_record_attack_traits(submissions, tmp_path):
     _run(submissions, tmp_path, attacks=("fgsm", "pgd"))
     for _, rec in iter_results(tmp_path):
         if rec["kind"] == "attack":
-            from attacks.base import ATTACKS
+            from gauntlet.attacks.base import ATTACKS
 
             assert rec["attack"]["traits"] == ATTACKS.get(rec["attack"]["id"]).traits()

@@ -126,7 +126,7 @@ def test_submission_workflow_is_read_only_untrusted_safe_and_reports():
     assert re.search(r'"git", "diff",.*os.environ\["BASE_SHA"\], "HEAD"', runs)  # changed ids vs the base
     assert "gauntlet validate $paths" in runs
     assert "gauntlet run --profile quick --device cpu $args" in runs
-    assert 'python -m benchmark.summary results >> "$GITHUB_STEP_SUMMARY"' in runs
+    assert 'python -m gauntlet.benchmark.summary results >> "$GITHUB_STEP_SUMMARY"' in runs
     assert sum(u.startswith("actions/upload-artifact@") for u in _uses(job)) == 2
     # PR-controlled strings never reach a shell through ${{ }} (script injection)
     for step in job["steps"]:
@@ -156,7 +156,7 @@ def test_nightly_runs_main_on_the_gpu_once_at_a_time_and_deploys_pages():
 # -- the job summary ----------------------------------------------------------------------
 
 def test_summary_table_from_result_files(tmp_path):
-    from benchmark.summary import main, render
+    from gauntlet.benchmark.summary import main, render
 
     text = render(FIXTURE_RESULTS)
     assert "### mnist-embedded · linf-0.031" in text and "### cifar10 · l2-0.005" in text
@@ -176,7 +176,7 @@ def test_summary_table_from_result_files(tmp_path):
 
 
 def test_summary_escapes_submitter_strings_and_lists_errors(tmp_path):
-    from benchmark.summary import md, render
+    from gauntlet.benchmark.summary import md, render
 
     results = tmp_path / "results"
     shutil.copytree(FIXTURE_RESULTS / "mnist-embedded" / "jpeg", results / "mnist-embedded" / "jpeg")

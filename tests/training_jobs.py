@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from benchmark.registry import load_submission
-from benchmark.training import TrainingJob, make_job
+from gauntlet.benchmark.registry import load_submission
+from gauntlet.benchmark.training import TrainingJob, make_job
 
 SUBMISSIONS = Path(__file__).resolve().parent.parent / "submissions"
 

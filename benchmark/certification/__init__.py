@@ -1,4 +1,4 @@
 """Certificates: randomized smoothing (full and sequential CERTIFY) and Lipschitz margins.
 
-The runner's entry point is :mod:`benchmark.certify`.
+The runner's entry point is :mod:`gauntlet.benchmark.certify`.
 """

@@ -33,10 +33,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from benchmark.certification.smoothing import (
+from gauntlet.benchmark.certification.smoothing import (
     ABSTAIN, Certificate, lower_confidence_bound, max_radius, radius_from_bound, required_bound,
     upper_confidence_bound)
-from defenses.smoothing import sample_counts
+from gauntlet.defenses.smoothing import sample_counts
 
 #: Default stage sizes as fractions of n (cumulative): n/100, n/10, n.
 DEFAULT_STAGES = (0.01, 0.1, 1.0)

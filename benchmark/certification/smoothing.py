@@ -7,7 +7,7 @@ R = σ·Φ⁻¹(p_A) (their Theorem 1), or an abstention when p_A < 1/2. With pr
 at least 1 − α over the samples, an example that is not abstained on is classified
 c_A by the smoothed classifier everywhere in the ℓ2 ball of radius R.
 
-All examples are certified together: :func:`defenses.smoothing.sample_counts` packs the
+All examples are certified together: :func:`gauntlet.defenses.smoothing.sample_counts` packs the
 noise draws of several examples into each forward pass of at most ``batch`` rows.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.stats import beta, norm
 
-from defenses.smoothing import predict_from_counts, sample_counts
+from gauntlet.defenses.smoothing import predict_from_counts, sample_counts
 
 #: Returned as the prediction of an abstention.
 ABSTAIN = -1

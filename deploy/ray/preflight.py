@@ -4,7 +4,7 @@ The Ray executor hands every node the driver's absolute paths (the submissions f
 ``$GAUNTLET_DATA``) and each node imports the harness from its own checkout, so every
 node must hold the same code, submissions and data at the same paths as the driver, with
 the same Python, Ray and torch. For every alive node this prints its versions, whether
-CUDA works, the hash of the harness source (:func:`benchmark.code_hash.code_hash`), of
+CUDA works, the hash of the harness source (:func:`gauntlet.benchmark.code_hash.code_hash`), of
 every submission folder and of the data folder's file list, all found at the driver's
 paths, and exits 1 when any of them differs from the driver's::
 
@@ -99,10 +99,10 @@ def facts(root: str, data: str | None, submissions: list[str], commit: str | Non
     except Exception as e:  # noqa: BLE001 - reported, not raised
         out["torch"], out["cuda"] = f"unusable: {type(e).__name__}: {e}", 0
     try:
-        from benchmark import code_hash as ch
+        from gauntlet.benchmark import code_hash as ch
 
         ch.clear_cache()
-        out["harness"] = str(ch.package_folders(("benchmark",))[0].parent)
+        out["harness"] = str(ch.package_folders(("gauntlet.benchmark",))[0].parent)
         out["code"] = ch.code_hash()
         subs = Path(root, "submissions")
         digest = hashlib.sha256()
@@ -114,7 +114,7 @@ def facts(root: str, data: str | None, submissions: list[str], commit: str | Non
         out["harness"] = out["code"] = out["submissions"] = f"unusable: {type(e).__name__}: {e}"
     out["data"] = _data_digest(data)
     try:  # every process that imports submitted code runs in bubblewrap (benchmark/sandbox.py)
-        from benchmark.sandbox import check_bwrap
+        from gauntlet.benchmark.sandbox import check_bwrap
 
         out["sandbox"] = f"ok ({check_bwrap()})"
     except Exception as e:  # noqa: BLE001 - reported, not raised
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(ray: Any, args: argparse.Namespace) -> int:
-    from benchmark.code_hash import package_folders
+    from gauntlet.benchmark.code_hash import package_folders
 
-    root = str(package_folders(("benchmark",))[0].parent)
+    root = str(package_folders(("gauntlet.benchmark",))[0].parent)
     data = os.environ.get("GAUNTLET_DATA")
     subs = sorted(d.name for d in Path(root, "submissions").iterdir() if (d / "manifest.yaml").is_file())
     mine = facts(root, data, subs, None)

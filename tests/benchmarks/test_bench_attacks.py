@@ -2,7 +2,7 @@
 
 What is compared (same process, same model, same examples, same ε, α and steps):
 
-* **PGD**: :func:`attacks.pgd.pgd` on the plain view of ``SmallCNN`` (the committed
+* **PGD**: :func:`gauntlet.attacks.pgd.pgd` on the plain view of ``SmallCNN`` (the committed
   ``standard-cnn-mnist`` weights, or a seeded random init when they are absent; speed
   does not depend on the weights) against ``torchattacks.PGD``, ℓ∞ ε = 0.031, early
   stopping off so both run the same number of forward/backward passes per step.
@@ -50,16 +50,16 @@ import pytest
 import torch
 from torch import nn
 
-import attacks.adaptive as adaptive
-from attacks.adaptive import AdaptiveView
-from attacks.pgd import pgd
-from benchmark.datasets import get_dataset
-from benchmark.registry import load_submission
-from benchmark.sandbox import Sandbox, SandboxUnavailable, check_bwrap, open_defense
-from benchmark.threats import ThreatModel
-from defenses.models import SmallCNN
-from defenses.pipeline import Defense
-from defenses.randomized import RandomCropRescale
+import gauntlet.attacks.adaptive as adaptive
+from gauntlet.attacks.adaptive import AdaptiveView
+from gauntlet.attacks.pgd import pgd
+from gauntlet.benchmark.datasets import get_dataset
+from gauntlet.benchmark.registry import load_submission
+from gauntlet.benchmark.sandbox import Sandbox, SandboxUnavailable, check_bwrap, open_defense
+from gauntlet.benchmark.threats import ThreatModel
+from gauntlet.defenses.models import SmallCNN
+from gauntlet.defenses.pipeline import Defense
+from gauntlet.defenses.randomized import RandomCropRescale
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "submissions" / "standard-cnn-mnist" / "weights.pt"
@@ -171,7 +171,7 @@ def _has_sandbox() -> bool:
 @contextlib.contextmanager
 def sandboxed(sub_id: str):
     """The reference submission ``sub_id`` served from its bubblewrap sandbox, as a run
-    reaches it (:mod:`benchmark.remote`): attacks here, the defense there."""
+    reaches it (:mod:`gauntlet.benchmark.remote`): attacks here, the defense there."""
     sub = load_submission(ROOT / "submissions" / sub_id / "manifest.yaml")
     sandbox = Sandbox(sub.folder)
     try:

@@ -12,7 +12,7 @@ Per (model, threat), back to back in one process (the CPU may be shared), on the
 defense module and the first ``BENCH_EXAMPLES`` examples of mnist-embedded's fixed
 evaluation order (those a run scores):
 
-* **Gauntlet**: :func:`benchmark.runner.run` of that one submission at that one threat,
+* **Gauntlet**: :func:`gauntlet.benchmark.runner.run` of that one submission at that one threat,
   every registered attack (cascade on, no sweep, no certificate, in-process, one
   worker), timed whole: building the defense, clean scoring, every attack, the ε = ∞ PGD
   run the runner always adds, and the flags. Its robust accuracy is the per-example worst
@@ -55,11 +55,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.datasets import get_dataset
-from benchmark.flags import worst_case_accuracy
-from benchmark.registry import build_defense, load_submission
-from benchmark.runner import RunConfig, run
-from benchmark.threats import get_threat
+from gauntlet.benchmark.datasets import get_dataset
+from gauntlet.benchmark.flags import worst_case_accuracy
+from gauntlet.benchmark.registry import build_defense, load_submission
+from gauntlet.benchmark.runner import RunConfig, run
+from gauntlet.benchmark.threats import get_threat
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMISSIONS = ROOT / "submissions"
@@ -127,7 +127,7 @@ def _gauntlet(sub_id: str, threat_id: str, n: int, results: Path) -> tuple[objec
 
 def _gauntlet_worst_case(results: Path, sub_id: str, threat_id: str) -> tuple[float, list[str], int]:
     """(robust accuracy, attack ids, examples): the per-example worst case over the threat's
-    attack files (:func:`benchmark.flags.worst_case_accuracy`, nulls skipped). Only the
+    attack files (:func:`gauntlet.benchmark.flags.worst_case_accuracy`, nulls skipped). Only the
     threat's own folder is read, so ``linf-inf`` is left out."""
     records: dict[str, dict] = {}
     for path in sorted((results / DATASET / sub_id / threat_id).glob("*.json")):

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.certification.smoothing import certify
-from benchmark.datasets import get_dataset
-from defenses.models import SmallCNN
+from gauntlet.benchmark.certification.smoothing import certify
+from gauntlet.benchmark.datasets import get_dataset
+from gauntlet.defenses.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMISSION = ROOT / "submissions" / "cohen2019-smoothing-s025" / "manifest.yaml"
@@ -36,7 +36,7 @@ EXAMPLES = 8
 @pytest.fixture(scope="module")
 def base_and_examples():
     if SUBMISSION.is_file():
-        from benchmark.registry import build_classifier, load_submission
+        from gauntlet.benchmark.registry import build_classifier, load_submission
 
         model = build_classifier(load_submission(SUBMISSION))
     else:
@@ -134,7 +134,7 @@ def test_bench_ours_versus_cohen_reference(benchmark, base_and_examples):
 def test_bench_sequential_mode_saving(benchmark, base_and_examples):
     """Samples the staged test of "radius ≥ r?" (at the l2-0.005 radius on MNIST, 0.14)
     saves against full CERTIFY on the same examples, n and α."""
-    from benchmark.certification.sequential import certify_sequential
+    from gauntlet.benchmark.certification.sequential import certify_sequential
 
     model, x, _ = base_and_examples
 

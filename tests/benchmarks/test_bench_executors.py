@@ -1,9 +1,9 @@
 """The Ray executor's overhead per job, beside the local executor's, measured side by side.
 
 What is compared: one trivial job (``tests.fixtures.hostile.jobs:add``, no torch) sent
-to a :class:`~benchmark.isolation.JobRunner` worker directly (the local executor's
+to a :class:`~gauntlet.benchmark.isolation.JobRunner` worker directly (the local executor's
 path: a pipe round trip) and through a Ray actor that hosts the same kind of runner
-(:class:`benchmark.ray_executor.LaneHost`: a Ray task round trip, then the same pipe).
+(:class:`gauntlet.benchmark.ray_executor.LaneHost`: a Ray task round trip, then the same pipe).
 The difference is what Ray adds to every job; Ray's start-up and each lane's actor
 start-up (the actor's own fork server imports torch once) are reported separately.
 
@@ -31,8 +31,8 @@ def _per_job(call, n: int) -> float:
 def measure(n: int = 200, rounds: int = 3) -> dict[str, float]:
     """Seconds per job (medians over interleaved rounds) and the start-up costs."""
     ray = pytest.importorskip("ray")
-    from benchmark.isolation import JobRunner
-    from benchmark.ray_executor import LaneHost
+    from gauntlet.benchmark.isolation import JobRunner
+    from gauntlet.benchmark.ray_executor import LaneHost
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throw-away local cluster
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,9 +1,9 @@
 """What the trust boundary costs: PGD and EOT-PGD on a sandboxed defense against the same
 defense built in this process (issue 15: at most 10% on the SmallCNN at batch 128).
 
-Both contenders run :func:`attacks.pgd.pgd` on :class:`attacks.adaptive.AdaptiveView` of
+Both contenders run :func:`gauntlet.attacks.pgd.pgd` on :class:`gauntlet.attacks.adaptive.AdaptiveView` of
 the same submission, same examples, same steps; the sandboxed one reaches its defense
-through :mod:`benchmark.remote` (a forward and a VJP per step over shared memory, the
+through :mod:`gauntlet.benchmark.remote` (a forward and a VJP per step over shared memory, the
 server in bubblewrap). The CPU is shared, so the contenders alternate for ``rounds``
 rounds and the ratio is the median of the per-round ratios. Start-up (the sandbox's
 ~4 s torch import) is not part of a step and is excluded; the run's figure for it is in
@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.adaptive import AdaptiveView
-from attacks.pgd import pgd
-from benchmark.datasets import get_dataset
-from benchmark.registry import build_defense, load_submission
-from benchmark.sandbox import Sandbox, SandboxUnavailable, check_bwrap, open_defense
-from benchmark.threats import ThreatModel
+from gauntlet.attacks.adaptive import AdaptiveView
+from gauntlet.attacks.pgd import pgd
+from gauntlet.benchmark.datasets import get_dataset
+from gauntlet.benchmark.registry import build_defense, load_submission
+from gauntlet.benchmark.sandbox import Sandbox, SandboxUnavailable, check_bwrap, open_defense
+from gauntlet.benchmark.threats import ThreatModel
 
 ROOT = Path(__file__).resolve().parents[2]
 
