@@ -1,17 +1,17 @@
 """The project's surrogate models, one per dataset, declared here and nowhere else.
 
-The transfer attack (:mod:`attacks.transfer`) crafts its inputs on an undefended model
+The transfer attack (:mod:`gauntlet.attacks.transfer`) crafts its inputs on an undefended model
 of the defense's dataset. Which model that is, is the project's choice: a reference
 submission folder inside this repository, with the sha256 of its weights pinned below.
 It is loaded from the repository whatever ``--submissions`` names, so a run over an
 author's own folder (``gauntlet run --submissions mine/``) transfers from the same
 model as the nightly run, and no submission, whatever its id, can become another
 submission's surrogate. A dataset without an entry has no surrogate: the transfer
-attack is then not applicable there (the ``surrogate`` fact, :mod:`benchmark.applicability`),
+attack is then not applicable there (the ``surrogate`` fact, :mod:`gauntlet.benchmark.applicability`),
 with that reason on the site; it does not fail.
 
 Changing a surrogate is a change of this file (the harness source is part of every
-result's config hash, :mod:`benchmark.code_hash`), so transfer results computed with the
+result's config hash, :mod:`gauntlet.benchmark.code_hash`), so transfer results computed with the
 old model are recomputed, not reused.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ class Surrogate:
 SURROGATES: dict[str, Surrogate] = {
     "mnist-embedded": Surrogate("submissions/standard-cnn-mnist",
                                 "fd58aae154108a90189fea4225dab59083c020828293d7d8b105635d56b45b18"),
+    "cifar10": Surrogate("submissions/standard-cifar10",
+                         "7ab43546143c8d6384e5b5431643e25fddd8000496f1f83349d33f0f38204520"),
 }
 
 
@@ -69,8 +71,8 @@ def load_surrogate(dataset_id: str, device: str | torch.device = "cpu",
             another dataset, has a preprocessing pipeline, or its weights' sha256 is not
             the pinned one (the weights file itself is checked against it on loading).
     """
-    from benchmark.manifest import ManifestError
-    from benchmark.registry import MANIFEST_NAME, build_defense, validate
+    from gauntlet.benchmark.manifest import ManifestError
+    from gauntlet.benchmark.registry import MANIFEST_NAME, build_defense, validate
 
     spec = (SURROGATES if surrogates is None else surrogates).get(dataset_id)
     if spec is None:

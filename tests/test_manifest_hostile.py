@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cli import main
-from benchmark.config import RunConfig
-from benchmark.manifest import MAX_DEPTH, MAX_MANIFEST_BYTES, MAX_TEXT_CHARS, ManifestError, parse_manifest
-from benchmark.registry import check_factory, factory_specs, load_submission, manifest_paths, resolve, validate
+from gauntlet.benchmark.cli import main
+from gauntlet.benchmark.config import RunConfig
+from gauntlet.benchmark.manifest import MAX_DEPTH, MAX_MANIFEST_BYTES, MAX_TEXT_CHARS, ManifestError, parse_manifest
+from gauntlet.benchmark.registry import check_factory, factory_specs, load_submission, manifest_paths, resolve, validate
 from tests.test_manifest import _edit
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -77,9 +77,9 @@ def test_resolve_refuses_what_validation_refuses(submissions):
     for spec in ("subprocess:Popen", "shutil:rmtree", "os:system"):
         with pytest.raises(ValueError, match="is not allowed"):
             resolve(spec, folder, "dummy-linear")
-    import defenses.models
+    import gauntlet.defenses.models
 
-    assert resolve("defenses.models:LinearClassifier", folder, "dummy-linear") is defenses.models.LinearClassifier
+    assert resolve("defenses.models:LinearClassifier", folder, "dummy-linear") is gauntlet.defenses.models.LinearClassifier
 
 
 def test_every_reference_factory_is_in_defenses():
@@ -121,9 +121,9 @@ def test_a_local_defenses_package_never_replaces_the_projects(submissions):
     folder = submissions / "dummy-linear"
     (folder / "defenses").mkdir()
     (folder / "defenses" / "models.py").write_text("class LinearClassifier:\n    pass\n")
-    import defenses.models
+    import gauntlet.defenses.models
 
-    assert resolve("defenses.models:LinearClassifier", folder, "dummy-linear") is defenses.models.LinearClassifier
+    assert resolve("defenses.models:LinearClassifier", folder, "dummy-linear") is gauntlet.defenses.models.LinearClassifier
 
 
 def test_a_data_folder_with_a_module_like_name_is_not_a_module(submissions):
@@ -186,7 +186,7 @@ def test_validation_never_asks_the_import_system(submissions, monkeypatch):
     (submissions / "dummy-linear" / "own.py").write_text("class Mine: pass\n")
     _edit(submissions / "dummy-linear", **{"defense": {"steps": [{"factory": "own:Mine"}]}})
     subs, problems = validate(manifest_paths([submissions, ROOT / "submissions"]), check_weights=False)
-    assert problems == [] and len(subs) == 2 + 19
+    assert problems == [] and len(subs) == 2 + 21
 
 
 # -- symbolic links ----------------------------------------------------------------------
@@ -346,7 +346,7 @@ def test_list_shows_the_good_and_marks_the_bad(mixed, capsys):
 
 
 def test_run_of_a_good_defense_is_not_stopped_by_a_bad_sibling(mixed):
-    from benchmark import runner
+    from gauntlet.benchmark import runner
 
     subs = runner._requested(RunConfig(submissions_dir=mixed, defenses=("dummy-linear",)))
     assert [s.id for s in subs] == ["dummy-linear"]

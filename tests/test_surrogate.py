@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import surrogates
-from benchmark.runner import RunConfig, run
-from benchmark.surrogates import SURROGATES, Surrogate, SurrogateError, load_surrogate
+from gauntlet.benchmark import surrogates
+from gauntlet.benchmark.runner import RunConfig, run
+from gauntlet.benchmark.surrogates import SURROGATES, Surrogate, SurrogateError, load_surrogate
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -53,7 +53,7 @@ def _run(mine: Path, results: Path):
 def test_an_authors_own_folder_transfers_from_the_project_surrogate(tmp_path, monkeypatch, one_thread):
     """Before: 'attack transfer needs ctx.surrogate' and exit 1 (no standard-* in the folder),
     or the folder's own ``standard-aaa`` as the surrogate."""
-    from benchmark import registry
+    from gauntlet.benchmark import registry
 
     built: list[Path] = []
     real = registry.build_defense
@@ -76,7 +76,7 @@ def test_an_authors_own_folder_transfers_from_the_project_surrogate(tmp_path, mo
 
 def test_a_dataset_without_a_declared_surrogate_makes_transfer_not_applicable(tmp_path, monkeypatch,
                                                                             one_thread):
-    from leaderboard import aggregate as agg
+    from gauntlet.leaderboard import aggregate as agg
 
     monkeypatch.setattr(surrogates, "SURROGATES", {})
     summary = _run(_mine(tmp_path), tmp_path / "results")
@@ -95,7 +95,7 @@ def test_the_declared_surrogates_load_and_match_their_pins():
         model = load_surrogate(dataset)
         assert isinstance(model, torch.nn.Module) and not model.training
         assert not any(p.requires_grad for p in model.parameters())
-    assert load_surrogate("cifar10") is None
+    assert load_surrogate("mnist") is None  # a dataset without a declared surrogate
 
 
 def _copy(tmp_path: Path, sha: str | None = None) -> dict[str, Surrogate]:
