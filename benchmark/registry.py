@@ -305,6 +305,22 @@ def _top_level_names(source: str, local: bool = True) -> tuple[list[str], dict[s
     return names, foreign
 
 
+#: The project's folders, which are importable only as ``gauntlet.<folder>``.
+_OLD_TOP_LEVEL = frozenset({"attacks", "benchmark", "defenses", "leaderboard"})
+
+
+def _old_project_import(source: str) -> str | None:
+    """The first import in ``source`` of a project package by its folder name
+    (``from defenses.pipeline import Step``), which only a checkout's root resolves."""
+    for node in ast.walk(ast.parse(source)):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        for n in names:
+            if n.split(".")[0] in _OLD_TOP_LEVEL:
+                return n
+    return None
+
+
 def check_factory(spec: str, folder: Path) -> str | None:
     """Why ``spec`` cannot be resolved (with close names), or None when it can (imports nothing)."""
     module, _, name = spec.partition(":")
@@ -318,12 +334,17 @@ def check_factory(spec: str, folder: Path) -> str | None:
         source = origin.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         return f"module {module!r} ({origin}) cannot be read: {e}"
+    local = factory_package_parts(module) is None
     try:
-        names, foreign = _top_level_names(source, local=factory_package_parts(module) is None)
+        names, foreign = _top_level_names(source, local=local)
+        old = _old_project_import(source) if local else None
     except SyntaxError as e:
         return f"module {module!r} ({origin}) has a syntax error at line {e.lineno}"
     except (ValueError, RecursionError, MemoryError) as e:  # null bytes, absurd nesting
         return f"module {module!r} ({origin}) cannot be parsed: {type(e).__name__}"
+    if old:
+        return (f"module {module!r} imports {old!r}: the project's packages are imported as "
+                f"'gauntlet.{old}' (one installed namespace, docs/api.md)")
     if name in names:
         return None
     if name in foreign:

@@ -57,3 +57,13 @@ def test_a_submission_may_not_take_the_namespace_name(tmp_path):
     (tmp_path / "gauntlet.py").write_text("class X: pass\n")
     path, problem = locate_module("gauntlet", tmp_path)
     assert path is None and "not allowed" in problem
+
+
+def test_a_submission_module_importing_a_folder_name_gets_the_new_spelling(tmp_path):
+    from gauntlet.benchmark.registry import check_factory
+
+    (tmp_path / "net.py").write_text("from defenses.pipeline import Step\n\nclass Net(Step):\n    pass\n")
+    problem = check_factory("net:Net", tmp_path)
+    assert problem is not None and "'gauntlet.defenses.pipeline'" in problem
+    (tmp_path / "net.py").write_text("from gauntlet.defenses.pipeline import Step\n\nclass Net(Step):\n    pass\n")
+    assert check_factory("net:Net", tmp_path) is None
