@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gauntlet.defenses.models import SmallCNN
+from gauntlet.defenses.models import ResNet9, SmallCNN
 
 
 def sap(h: torch.Tensor, frac: float = 1.0, sampling: str = "exact") -> torch.Tensor:
@@ -124,3 +124,37 @@ class SAPSmallCNN(SmallCNN):
             if isinstance(layer, nn.ReLU) and not self.training:
                 h = self.sap(h)
         return h
+
+
+class _PrunedReLU(nn.Module):
+    """ReLU, then SAP when the module is in eval mode (the plain ReLU in training)."""
+
+    def __init__(self, sap: SAP) -> None:
+        super().__init__()
+        self.sap = sap
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(h)
+        return h if self.training else self.sap(h)
+
+
+class SAPResNet9(ResNet9):
+    """:class:`~gauntlet.defenses.models.ResNet9` with SAP after every ReLU at inference,
+    applied post hoc as in :class:`SAPSmallCNN` (same parameters and state-dict keys as
+    ResNet9, so a conventionally trained ResNet9's weights load as they are).
+
+    Args:
+        frac: SAP samples per layer as a fraction of its units.
+        sampling: ``"exact"`` or ``"poisson"`` (see :func:`sap`).
+        **kwargs: :class:`~gauntlet.defenses.models.ResNet9` arguments.
+    """
+
+    randomized = True
+
+    def __init__(self, frac: float = 1.0, sampling: str = "exact", **kwargs) -> None:
+        super().__init__(**kwargs)
+        pruning = SAP(frac, sampling)
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.ReLU):
+                    setattr(parent, name, _PrunedReLU(pruning))
