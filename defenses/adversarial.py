@@ -102,7 +102,7 @@ def pgd_last_iterate(view, evaluate, x: torch.Tensor, y: torch.Tensor, threat, s
 
 def fast_at(job: TrainingJob, eps: float = 8 / 255, steps: int = 1, step_size: float | None = None,
             epochs: int = 10, lr: float = 0.2, batch_size: int = 256, weight_decay: float = 5e-4,
-            warmup_epochs: int = 1, eot: int = 1, log: bool = True) -> nn.Module:
+            warmup_epochs: int = 1, eot: int = 1, log: bool = True, checkpoint: bool = True) -> nn.Module:
     """Fast adversarial training for CIFAR-10-sized models: with ``steps=1``, FGSM from a
     uniform random start with α = 1.25·ε (Wong, Rice & Kolter, ICLR 2020, "Fast is better
     than free"); with more steps, PGD adversarial training (Madry et al. 2018) with
@@ -121,6 +121,7 @@ def fast_at(job: TrainingJob, eps: float = 8 / 255, steps: int = 1, step_size: f
         warmup_epochs: ε grows linearly from 0 over these first epochs.
         eot: draws averaged per attack gradient for a randomized defense.
         log: one line per epoch on stderr.
+        checkpoint: write a checkpoint into the submission folder after each epoch.
     """
     from gauntlet.attacks.adaptive import AdaptiveView, evaluate
     from gauntlet.benchmark.threats import ThreatModel
@@ -136,7 +137,7 @@ def fast_at(job: TrainingJob, eps: float = 8 / 255, steps: int = 1, step_size: f
     schedule = OneCycle(model.parameters(), lr, epochs * n_batches, weight_decay=weight_decay)
     ckpt = Checkpoint(job, "fast_at", dict(eps=eps, steps=steps, step_size=step_size, epochs=epochs, lr=lr,
                                            batch_size=batch_size, weight_decay=weight_decay,
-                                           warmup_epochs=warmup_epochs, eot=eot))
+                                           warmup_epochs=warmup_epochs, eot=eot), checkpoint)
     view = AdaptiveView(defense, bpda=True, eot=eot)
     for epoch in range(ckpt.resume(schedule), epochs):
         stats = EpochStats(epoch, epochs)
@@ -151,9 +152,5 @@ def fast_at(job: TrainingJob, eps: float = 8 / 255, steps: int = 1, step_size: f
             loss = F.cross_entropy(logits, yb)
             schedule.step(loss)
             stats.add(loss, logits, yb)
-        ckpt.save(schedule, epoch + 1)
-        if log:
-            stats.print()
-    ckpt.done()
-    model.eval()
-    return model
+        ckpt.end_epoch(schedule, epoch, stats if log else None)
+    return ckpt.finish(model)

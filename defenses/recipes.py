@@ -105,13 +105,13 @@ class Checkpoint:
     (removed when the recipe returns). A checkpoint written with other arguments is
     ignored, so a resumed run gives the weights an uninterrupted one would."""
 
-    def __init__(self, job, name: str, args: dict) -> None:
+    def __init__(self, job, name: str, args: dict, enabled: bool = True) -> None:
         self.path = job.submission.folder / f".checkpoint-{name}.pt"
-        self.job, self.args = job, {k: repr(v) for k, v in sorted(args.items())}
+        self.job, self.args, self.enabled = job, {k: repr(v) for k, v in sorted(args.items())}, enabled
 
     def resume(self, schedule: OneCycle) -> int:
         """Load the last finished epoch's state; the number of epochs done (0: none)."""
-        if not self.path.is_file():
+        if not self.enabled or not self.path.is_file():
             return 0
         state = torch.load(self.path, map_location=self.job.device, weights_only=True)
         if state.get("args") != self.args:
@@ -124,18 +124,30 @@ class Checkpoint:
         return int(state["epoch"])
 
     def save(self, schedule: OneCycle, epoch: int) -> None:
+        if not self.enabled:
+            return
         tmp = self.path.with_suffix(".tmp")
         torch.save({"args": self.args, "model": self.job.model.state_dict(), "opt": schedule.opt.state_dict(),
                     "t": schedule.t, "generator": self.job.generator.get_state(),
                     "torch": torch.get_rng_state(), "epoch": epoch}, tmp)
         tmp.replace(self.path)
 
-    def done(self) -> None:
+    def end_epoch(self, schedule: OneCycle, epoch: int, stats: EpochStats | None) -> None:
+        """Checkpoint after epoch ``epoch`` (0-based) and print its line (``stats``, if given)."""
+        self.save(schedule, epoch + 1)
+        if stats is not None:
+            stats.print()
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        """Remove the checkpoint; the trained model in eval mode."""
         self.path.unlink(missing_ok=True)
+        model.eval()
+        return model
 
 
 def sgd_augmented(job, epochs: int = 10, lr: float = 0.2, batch_size: int = 256, weight_decay: float = 5e-4,
-                  noise_sigma: float = 0.0, label_smoothing: float = 0.0, log: bool = True) -> nn.Module:
+                  noise_sigma: float = 0.0, label_smoothing: float = 0.0, log: bool = True,
+                  checkpoint: bool = True) -> nn.Module:
     """Cross-entropy training for CIFAR-10-sized models: SGD with Nesterov momentum on the
     one-cycle schedule (:class:`OneCycle`), random crops and flips (:func:`augment`),
     through the defense's preprocessing; resumable per epoch (:class:`Checkpoint`).
@@ -149,6 +161,7 @@ def sgd_augmented(job, epochs: int = 10, lr: float = 0.2, batch_size: int = 256,
             (Cohen et al. 2019's noise augmentation); 0 disables it.
         label_smoothing: cross-entropy label smoothing.
         log: one line per epoch on stderr (loss, training accuracy, seconds).
+        checkpoint: write a checkpoint into the submission folder after each epoch.
     """
     if epochs < 1 or lr <= 0 or batch_size < 1 or noise_sigma < 0 or not 0 <= label_smoothing < 1:
         raise ValueError("sgd_augmented: need epochs >= 1, lr > 0, batch_size >= 1, noise_sigma >= 0, "
@@ -158,7 +171,7 @@ def sgd_augmented(job, epochs: int = 10, lr: float = 0.2, batch_size: int = 256,
     schedule = OneCycle(model.parameters(), lr, epochs * -(-len(x) // batch_size), weight_decay=weight_decay)
     ckpt = Checkpoint(job, "sgd_augmented", dict(epochs=epochs, lr=lr, batch_size=batch_size,
                                                  weight_decay=weight_decay, noise_sigma=noise_sigma,
-                                                 label_smoothing=label_smoothing))
+                                                 label_smoothing=label_smoothing), checkpoint)
     for epoch in range(ckpt.resume(schedule), epochs):
         model.train()
         stats = EpochStats(epoch, epochs)
@@ -170,12 +183,8 @@ def sgd_augmented(job, epochs: int = 10, lr: float = 0.2, batch_size: int = 256,
             loss = F.cross_entropy(logits, y[idx], label_smoothing=label_smoothing)
             schedule.step(loss)
             stats.add(loss, logits, y[idx])
-        ckpt.save(schedule, epoch + 1)
-        if log:
-            stats.print()
-    ckpt.done()
-    model.eval()
-    return model
+        ckpt.end_epoch(schedule, epoch, stats if log else None)
+    return ckpt.finish(model)
 
 
 class EpochStats:

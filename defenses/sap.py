@@ -97,33 +97,15 @@ class SAP(nn.Module):
         return sap(h, self.frac, self.sampling)
 
 
-class SAPSmallCNN(SmallCNN):
-    """:class:`~gauntlet.defenses.models.SmallCNN` with SAP after every ReLU at inference.
-
-    The parameters (and state-dict keys) are SmallCNN's. Dhillon et al. apply SAP
-    post hoc to a conventionally trained network, so training (``model.train()``) runs
-    the plain network and evaluation (``model.eval()``) prunes.
-
-    Args:
-        frac: SAP samples per layer as a fraction of its units.
-        sampling: ``"exact"`` or ``"poisson"`` (see :func:`sap`).
-        **kwargs: :class:`~gauntlet.defenses.models.SmallCNN` arguments.
-    """
-
-    randomized = True
-
-    def __init__(self, frac: float = 1.0, sampling: str = "exact", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.sap = SAP(frac, sampling)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of one draw of the pruned network (plain network in training mode)."""
-        h = x
-        for layer in [*self.features, *self.head]:
-            h = layer(h)
-            if isinstance(layer, nn.ReLU) and not self.training:
-                h = self.sap(h)
-        return h
+def prune_after_relus(model: nn.Module, frac: float, sampling: str) -> None:
+    """Put SAP after every ReLU of ``model`` at inference (in place): Dhillon et al. apply
+    SAP post hoc to a conventionally trained network, so training mode runs the plain
+    network and eval mode prunes. Parameters and state-dict keys are unchanged."""
+    pruning = SAP(frac, sampling)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(parent, name, _PrunedReLU(pruning))
 
 
 class _PrunedReLU(nn.Module):
@@ -138,14 +120,29 @@ class _PrunedReLU(nn.Module):
         return h if self.training else self.sap(h)
 
 
-class SAPResNet9(ResNet9):
-    """:class:`~gauntlet.defenses.models.ResNet9` with SAP after every ReLU at inference,
-    applied post hoc as in :class:`SAPSmallCNN` (same parameters and state-dict keys as
-    ResNet9, so a conventionally trained ResNet9's weights load as they are).
+class SAPSmallCNN(SmallCNN):
+    """:class:`~gauntlet.defenses.models.SmallCNN` with SAP after every ReLU at
+    inference (:func:`prune_after_relus`; SmallCNN's parameters and state-dict keys).
 
     Args:
         frac: SAP samples per layer as a fraction of its units.
         sampling: ``"exact"`` or ``"poisson"`` (see :func:`sap`).
+        **kwargs: :class:`~gauntlet.defenses.models.SmallCNN` arguments.
+    """
+
+    randomized = True
+
+    def __init__(self, frac: float = 1.0, sampling: str = "exact", **kwargs) -> None:
+        super().__init__(**kwargs)
+        prune_after_relus(self, frac, sampling)
+
+
+class SAPResNet9(ResNet9):
+    """:class:`~gauntlet.defenses.models.ResNet9` with SAP after every ReLU at inference
+    (:func:`prune_after_relus`), so a conventionally trained ResNet9's weights load as they are.
+
+    Args:
+        frac, sampling: as :class:`SAPSmallCNN`'s.
         **kwargs: :class:`~gauntlet.defenses.models.ResNet9` arguments.
     """
 
@@ -153,8 +150,4 @@ class SAPResNet9(ResNet9):
 
     def __init__(self, frac: float = 1.0, sampling: str = "exact", **kwargs) -> None:
         super().__init__(**kwargs)
-        pruning = SAP(frac, sampling)
-        for parent in list(self.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.ReLU):
-                    setattr(parent, name, _PrunedReLU(pruning))
+        prune_after_relus(self, frac, sampling)

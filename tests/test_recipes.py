@@ -23,6 +23,8 @@ CASES = [
     ("guo2018-quilting", {"epochs": 1}),
     ("dhillon2018-sap", {"epochs": 1}),
     ("xie2018-randomization", {"epochs": 1}),
+    ("standard-cifar10", {"epochs": 1, "checkpoint": False}),
+    ("madry2018-pgd-at-cifar10", {"epochs": 1, "checkpoint": False}),
 ]
 
 
@@ -88,3 +90,48 @@ def test_save_weights_fills_an_empty_sha256_line(tmp_path) -> None:
     digest = save_weights(sub, model)
     again = load_submission(manifest)
     assert again.manifest.model.sha256 == digest == sha256_file(folder / "weights.pt")
+
+
+def test_a_resumed_recipe_gives_the_weights_of_an_uninterrupted_one(tmp_path) -> None:
+    """Checkpoints after each epoch: stopping after one epoch and running again gives the
+    weights of one uninterrupted run, bit for bit (model, optimizer, schedule, generators)."""
+    import shutil
+
+    from gauntlet.benchmark.registry import load_submission
+    from gauntlet.benchmark.training import make_job
+    from gauntlet.defenses.recipes import sgd_augmented
+    from tests.training_jobs import synthetic_digits
+
+    folder = tmp_path / "standard-cifar10"
+    shutil.copytree(SUBMISSIONS / "standard-cifar10", folder)
+    sub = load_submission(folder / "manifest.yaml")
+    x, y = synthetic_digits(48, shape=(3, 32, 32))
+    args = dict(epochs=2, lr=0.05, batch_size=16, log=False)
+    whole = sgd_augmented(make_job(sub, x, y, seed=3), **args).state_dict()
+    assert not list(folder.glob(".checkpoint-*"))  # removed when the recipe returns
+
+    job = make_job(sub, x, y, seed=3)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    from gauntlet.defenses import recipes
+
+    real_print = recipes.Checkpoint.end_epoch
+
+    def stop_after_first(self, schedule, epoch, stats):
+        real_print(self, schedule, epoch, stats)
+        calls.append(epoch)
+        if epoch == 0:
+            raise Stop
+
+    recipes.Checkpoint.end_epoch = stop_after_first
+    try:
+        with pytest.raises(Stop):
+            sgd_augmented(job, **args)
+    finally:
+        recipes.Checkpoint.end_epoch = real_print
+    assert list(folder.glob(".checkpoint-*"))
+    resumed = sgd_augmented(make_job(sub, x, y, seed=3), **args).state_dict()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
