@@ -4,7 +4,7 @@ A :class:`Sandbox` is one ``bwrap`` process tree running the zygote of
 :mod:`gauntlet.benchmark.defense_server`. What it sees:
 
 * read-only: the system (``/usr`` and its links), the Python environment, the project's
-  ``attacks``, ``benchmark`` and ``defenses`` packages, and **its own** submission folder;
+  ``gauntlet`` namespace (its ``gauntlet/``, ``attacks/``, ``benchmark/`` and ``defenses/`` folders), and **its own** submission folder;
 * its own empty ``/tmp``, ``/dev/shm`` and ``/dev``; its own PID, IPC, network (none:
   only loopback), UTS and user namespaces; no capabilities; a cleared environment;
 * not: the results folder, other submissions, the datasets (the label files that a
