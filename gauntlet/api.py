@@ -125,7 +125,7 @@ def _config(root: Path, sub_id: str, dataset: str, n: int | None, **kw):
     from gauntlet.benchmark.datasets import DATASETS
     from gauntlet.benchmark.runner import RunConfig
 
-    if n is None and dataset in DATASETS and DATASETS[dataset].description.startswith("tensors"):
+    if n is None and dataset in DATASETS and dataset.startswith("tensors-"):
         n = len(DATASETS[dataset].split("test")[1])
     return RunConfig(submissions_dir=root / "submissions", results_dir=root / "results", defenses=(sub_id,),
                      n_examples=n, executor="in-process", isolate=False, sandbox="none", **kw)
@@ -423,7 +423,7 @@ class Report:
         if folder.name != self.id:
             raise ValueError(f"to_submission: folder {folder.name!r} is not the report's id {self.id!r} "
                              f"(evaluate(..., id={folder.name!r}) records under that id)")
-        if self.dataset not in DATASETS or DATASETS[self.dataset].description.startswith("tensors"):
+        if self.dataset not in DATASETS or self.dataset.startswith("tensors-"):
             raise ValueError("to_submission: the report was measured on examples passed as tensors; "
                              "evaluate on a registered dataset (dataset=...) to make a submission")
         if self.model is None:
@@ -436,10 +436,13 @@ class Report:
             cls = type(obj)
             if cls.__module__.startswith("gauntlet.defenses."):
                 return cls.__module__.removeprefix("gauntlet.")
+            if cls.__module__ == "__main__":  # a notebook cell or the running script, whose top level would run
+                raise ValueError(f"to_submission: {cls.__qualname__} is defined in __main__; move it into a "
+                                 "module file (e.g. model.py) and import it from there")
             src = inspect.getsourcefile(cls)
-            if src is None or cls.__module__ == "__main__" and not Path(src).is_file():
+            if src is None or not Path(src).is_file():
                 raise ValueError(f"to_submission: {cls.__qualname__} has no source file; define it in a .py file")
-            stem = Path(src).stem if cls.__module__ != "__main__" else "model"
+            stem = Path(src).stem
             if stem not in written:
                 shutil.copyfile(src, folder / f"{stem}.py")
                 written[stem] = src

@@ -123,3 +123,14 @@ def test_certify_a_smoothed_linear_model_within_its_exact_radius(tmp_path):
     s = cert.summary
     assert set(s["threat"]) == {"linf-0.031", "l2-0.005"}
     assert ((s["ci_low"] <= s["certified_accuracy"]) & (s["certified_accuracy"] <= s["ci_high"])).all()
+
+
+def test_to_submission_refuses_a_class_defined_in_main(tmp_path):
+    """Copying the running script (or a notebook) as the submission's module would run its
+    top level in the sandbox: refused, with the fix."""
+    from gauntlet.api import Report
+
+    model = type("Net", (torch.nn.Linear,), {"__module__": "__main__"})(64, 4)
+    report = Report(tmp_path, "notebook", "mnist-embedded", ("linf-0.031",), model=model)
+    with pytest.raises(ValueError, match="__main__"):
+        report.to_submission(tmp_path / "out" / "notebook", name="x")
