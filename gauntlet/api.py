@@ -14,6 +14,7 @@ evaluates to the same numbers.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import shutil
@@ -309,7 +310,9 @@ class Report:
     def results_dir(self) -> Path:
         return self.root / "results"
 
+    @functools.cached_property
     def _board(self):
+        """The result files, read once (an evaluation's files do not change after it)."""
         from gauntlet.leaderboard.board import load_board
 
         return load_board(self.results_dir, self.root / "submissions")
@@ -320,7 +323,7 @@ class Report:
         95% intervals, the strongest attack, the naive baseline and the raised flags."""
         from gauntlet.leaderboard.worst import worst_case
 
-        board, rows = self._board(), []
+        board, rows = self._board, []
         for t in self.threats:
             wc = worst_case(board, self.dataset, self.id, t)
             if wc is None:
@@ -343,7 +346,7 @@ class Report:
         budget, seconds (the site's per-attack table, with a ``threat`` column)."""
         from gauntlet.leaderboard.details import attack_table
 
-        board = self._board()
+        board = self._board
         frames = [attack_table(board, self.dataset, self.id, t).assign(threat=t) for t in self.threats]
         frames = [f for f in frames if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -358,7 +361,7 @@ class Report:
         """Every gradient-masking flag per threat: raised or not, its meaning, its numbers."""
         from gauntlet.leaderboard.aggregate import flag_docs
 
-        board = self._board()
+        board = self._board
         docs = flag_docs(board)
         rows = [{"threat": t, "flag": f["id"], "raised": f["raised"], "meaning": f["meaning"] or docs.get(f["id"], ""),
                  "numbers": f["numbers"]}
@@ -368,15 +371,15 @@ class Report:
     def per_example(self, threat: str, attack: str) -> pd.DataFrame:
         """Per example of one attack job: clean and robust correctness, rejections, ...
         (the record's ``per_example`` arrays, docs/results.md)."""
-        board = self._board()
+        board = self._board
         runs = [r for r in board.select("attack", self.dataset, self.id, threat)
                 if r.record["attack"]["id"] == attack]
         if not runs:
             raise KeyError(f"no {attack!r} result at {threat!r}; attacks run: "
                            f"{sorted(r.record['attack']['id'] for r in board.select('attack', self.dataset, self.id, threat))}")
-        per = runs[0].record["per_example"]
-        return pd.DataFrame({k: v for k, v in per.items() if isinstance(v, list) and len(v) == len(per["index"])}
-                            if "index" in per else {k: v for k, v in per.items() if isinstance(v, list)})
+        n = len(runs[0].record["dataset"]["indices"])
+        return pd.DataFrame({k: v for k, v in runs[0].record["per_example"].items()
+                             if isinstance(v, list) and len(v) == n})
 
     def __str__(self) -> str:
         s = self.summary
@@ -390,10 +393,12 @@ class Report:
         """Render the site's pages for these results into ``folder``; the per-defense page's path."""
         from gauntlet.leaderboard.site import build_site
 
+        from gauntlet.leaderboard.site import defense_url
+
         site = Path(folder)
-        build_site(self.results_dir, site, self.root / "submissions")
-        pages = sorted(site.rglob(f"{self.id}*.html"))
-        return pages[0] if pages else site / "index.html"
+        index = build_site(self.results_dir, site, self.root / "submissions")
+        page = site / defense_url(self.dataset, self.id)
+        return page if page.is_file() else index
 
     def to_submission(self, folder: str | Path, *, name: str, paper: dict | None = None,
                       authors: Sequence[str] = (), claims: Sequence[dict] = (), notes: str | None = None,
@@ -479,7 +484,6 @@ class Report:
         problems = semantic_problems(load_submission(path), check_weights=True)
         if problems:
             raise ValueError("to_submission: the written folder does not validate: " + "; ".join(problems))
-        (folder / ".gauntlet-report.json").unlink(missing_ok=True)
         return folder
 
     def reproduce_command(self, submissions: str | Path = "submissions") -> str:

@@ -69,7 +69,7 @@ def build_site(results_dir: Path, site_dir: Path, submissions_dir: Path | None =
              "methodology.html": ("methodology.html", _methodology_context(board))}
     for dataset in board.datasets():
         for defense in board.defenses(dataset):
-            pages[f"defenses/{dataset}/{defense}.html"] = (
+            pages[defense_url(dataset, defense)] = (
                 "defense.html", _defense_context(board, dataset, defense, site))
     for out, (template, context) in pages.items():
         depth = out.count("/")
@@ -197,7 +197,8 @@ def _write_downloads(table: pd.DataFrame, site: Path) -> None:
     safe.to_csv(site / "leaderboard.csv", index=False)
 
 
-def _defense_url(dataset: str, defense: str) -> str:
+def defense_url(dataset: str, defense: str) -> str:
+    """A defense's page, relative to the site's root."""
     return f"defenses/{dataset}/{defense}.html"
 
 
@@ -221,7 +222,7 @@ def _index_context(board: agg.Board, table: pd.DataFrame) -> dict[str, Any]:
         for threat in FIXED_THREATS:
             rows = _records(table[(table["dataset"] == dataset) & (table["threat"] == threat)])
             for k, row in enumerate(rows):
-                row["url"] = _defense_url(dataset, row["defense"])
+                row["url"] = defense_url(dataset, row["defense"])
                 fl = None if row["build_error"] else agg.flags(board, dataset, row["defense"], threat)
                 row["flags"] = [f for f in fl or [] if f["raised"]]
                 row["flags_checked"] = fl is not None
@@ -267,7 +268,7 @@ def _claims_context(board: agg.Board) -> dict[str, Any]:
         for defense in board.defenses(dataset):
             m = board.manifests[(dataset, defense)]
             base = {"dataset": dataset, "defense": defense, "name": board.name(dataset, defense),
-                    "url": _defense_url(dataset, defense)}
+                    "url": defense_url(dataset, defense)}
             build = agg.prepare_error(board, dataset, defense)
             for threat in FIXED_THREATS:
                 wc = None if build else agg.worst_case(board, dataset, defense, threat)
