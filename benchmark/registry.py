@@ -287,11 +287,11 @@ def _allowed_import(node: ast.ImportFrom, local: bool) -> bool:
     return factory_package_parts(node.module) is not None or (local and not is_reserved_module_name(top))
 
 
-def _top_level_names(source: str, local: bool = True) -> tuple[list[str], dict[str, str]]:
+def _top_level_names(tree: ast.Module, local: bool = True) -> tuple[list[str], dict[str, str]]:
     """(names a factory may name, imported names it may not → the module they come from)."""
     names: list[str] = []
     foreign: dict[str, str] = {}
-    for node in ast.parse(source).body:
+    for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             names.append(node.name)
         elif isinstance(node, ast.Assign):
@@ -309,10 +309,10 @@ def _top_level_names(source: str, local: bool = True) -> tuple[list[str], dict[s
 _OLD_TOP_LEVEL = frozenset({"attacks", "benchmark", "defenses", "leaderboard"})
 
 
-def _old_project_import(source: str) -> str | None:
-    """The first import in ``source`` of a project package by its folder name
+def _old_project_import(tree: ast.Module) -> str | None:
+    """The first import in ``tree`` of a project package by its folder name
     (``from defenses.pipeline import Step``), which only a checkout's root resolves."""
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                  else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
         for n in names:
@@ -336,8 +336,9 @@ def check_factory(spec: str, folder: Path) -> str | None:
         return f"module {module!r} ({origin}) cannot be read: {e}"
     local = factory_package_parts(module) is None
     try:
-        names, foreign = _top_level_names(source, local=local)
-        old = _old_project_import(source) if local else None
+        tree = ast.parse(source)
+        names, foreign = _top_level_names(tree, local=local)
+        old = _old_project_import(tree) if local else None
     except SyntaxError as e:
         return f"module {module!r} ({origin}) has a syntax error at line {e.lineno}"
     except (ValueError, RecursionError, MemoryError) as e:  # null bytes, absurd nesting
