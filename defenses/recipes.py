@@ -5,6 +5,9 @@ through ``job.generator`` so that the same arguments give the same weights.
 """
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -191,8 +194,6 @@ class EpochStats:
     """Running loss and accuracy of one training epoch, printed as one line on stderr."""
 
     def __init__(self, epoch: int, epochs: int) -> None:
-        import time
-
         self.epoch, self.epochs, self.start = epoch, epochs, time.perf_counter()
         self.loss = self.correct = self.n = 0.0
 
@@ -202,9 +203,6 @@ class EpochStats:
         self.n += len(y)
 
     def print(self) -> None:
-        import sys
-        import time
-
         print(f"epoch {self.epoch + 1}/{self.epochs}: loss {self.loss / max(1, self.n):.3f}, "
               f"train accuracy {self.correct / max(1, self.n):.3f}, {time.perf_counter() - self.start:.0f} s",
               file=sys.stderr, flush=True)
