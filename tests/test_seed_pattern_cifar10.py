@@ -18,6 +18,7 @@ from gauntlet.benchmark.datasets import unavailable
 from gauntlet.benchmark.intervals import accuracy_interval
 from gauntlet.benchmark.results import read_result
 from gauntlet.benchmark.runner import RunConfig, run
+from tests import pattern
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ STOCHASTIC = ("xie2018-randomization-cifar10", "dhillon2018-sap-cifar10", "guo20
 DEFENSES = ("standard-cifar10", "madry2018-pgd-at-cifar10", *SHATTERED, *STOCHASTIC)
 THREAT = "linf-0.031"
 N = 40
-ADAPTIVE = ("pgd-bpda", "pgd-eot", "pgd-bpda-eot")
+DS = "cifar10"
 #: "Within a few points of the undefended model": the defense's adaptive interval must
 #: reach within this of the undefended model's.
 LEVEL_SLACK = 0.1
@@ -48,38 +49,25 @@ def results(tmp_path_factory) -> Path:
     return out
 
 
-def _record(results: Path, defense: str, attack: str) -> dict:
-    return read_result(results / "cifar10" / defense / THREAT / f"{attack}.json")
-
-
-def scores(results: Path, defense: str, attack: str) -> list[float]:
-    return _record(results, defense, attack)["per_example"]["robust_correct"]
-
-
 def clean(results: Path, defense: str) -> float:
-    c = _record(results, defense, "pgd")["per_example"]["clean_correct"]
+    c = read_result(results / DS / defense / THREAT / "pgd.json")["per_example"]["clean_correct"]
     return sum(c) / len(c)
 
 
 def acc(results: Path, defense: str, attack: str) -> float:
-    s = scores(results, defense, attack)
-    return sum(s) / len(s)
+    return pattern.acc(results, DS, defense, THREAT, attack)
 
 
 def adaptive_scores(results: Path, defense: str) -> list[float]:
-    """Per-example worst case over naive PGD and the adaptive variants that ran against it."""
-    folder = results / "cifar10" / defense / THREAT
-    rows = [scores(results, defense, a) for a in ("pgd", *ADAPTIVE) if (folder / f"{a}.json").exists()]
-    return [min(v for v in col if v is not None) for col in zip(*rows)]
+    return pattern.adaptive_scores(results, DS, defense, THREAT)
 
 
 def adaptive(results: Path, defense: str) -> float:
-    s = adaptive_scores(results, defense)
-    return sum(s) / len(s)
+    return pattern.adaptive(results, DS, defense, THREAT)
 
 
 def raised(results: Path, defense: str) -> set[str]:
-    return {f["id"] for f in read_result(results / "cifar10" / defense / THREAT / "flags.json")["flags"] if f["raised"]}
+    return pattern.raised(results, DS, defense, THREAT)
 
 
 @pytest.mark.parametrize("defense", SHATTERED)
