@@ -28,14 +28,13 @@ Attack code is imported inside the recipe (a defense never imports an attack; DE
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gauntlet.defenses.recipes import batches, cross_entropy_epochs
+from gauntlet.defenses.recipes import batches, cross_entropy_epochs, load_source
 
 if TYPE_CHECKING:
     from gauntlet.benchmark.training import TrainingJob
@@ -112,25 +111,6 @@ def cascade_at(job: TrainingJob, eps: float = 0.1, source: str = "madry2018-pgd-
             opt.step()
     model.eval()
     return model
-
-
-def load_source(submissions_dir: Path, source: str, dataset: str, device: torch.device) -> nn.Module:
-    """Network A: a committed submission built by the registry (sha256-checked weights).
-
-    Raises:
-        ValueError: ``source`` is not a submission folder of ``submissions_dir`` or is on
-            another dataset.
-    """
-    from gauntlet.benchmark.registry import MANIFEST_NAME, build_defense, load_submission
-
-    base = Path(submissions_dir).resolve()
-    folder = (base / source).resolve()
-    if folder.parent != base or not (folder / MANIFEST_NAME).is_file():
-        raise ValueError(f"cascade_at: source {source!r} is not a submission folder of {base}")
-    sub = load_submission(folder / MANIFEST_NAME)
-    if sub.manifest.dataset != dataset:
-        raise ValueError(f"cascade_at: source {source!r} is on {sub.manifest.dataset!r}, not {dataset!r}")
-    return build_defense(sub, device)
 
 
 def source_examples(source: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, levels: int, steps: int,

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gauntlet.defenses.models import SmallCNN
-from gauntlet.defenses.recipes import cross_entropy_epochs
+from gauntlet.defenses.models import ResNet9, SmallCNN
+from gauntlet.defenses.recipes import cross_entropy_epochs, load_source
 
 if TYPE_CHECKING:
     from gauntlet.benchmark.training import TrainingJob
@@ -97,18 +97,29 @@ def lid_mle(distances: torch.Tensor, k: int) -> torch.Tensor:
 def layer_outputs(classifier: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The input and every layer's output, flattened to (N, D_l); the last is the logits.
 
-    The classifier must be the composition of its leaf modules in registration order
-    (true of :class:`gauntlet.defenses.models.SmallCNN`; checked by :class:`LIDDetector`).
-    ``nn.Flatten`` is skipped (its output equals its input's). Ma et al. take every
-    layer's output, the input included (their ``get_layer_wise_activations``).
+    "Every layer" is every leaf module in the order the forward pass calls it (forward
+    hooks; ``nn.Flatten`` skipped, its output equals its input's), so a residual network
+    is tapped inside its blocks as a plain stack is. Each output is copied when it is
+    produced, before an in-place activation can overwrite it. When the classifier's
+    output is not its last leaf's (ResNet-9 scales its head), it is appended. Ma et al.
+    take every layer's output, the input included (their ``get_layer_wise_activations``).
     """
-    outs = [x.flatten(1)]
-    h = x
-    for module in _leaves(classifier):
-        h = module(h)
-        if not isinstance(module, nn.Flatten):
-            outs.append(h.flatten(1))
-    return outs
+    taps: list[torch.Tensor] = [x.flatten(1)]
+    produced: list[torch.Tensor] = []
+
+    def tap(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        produced.append(out)
+        taps.append(out.flatten(1).clone())
+
+    hooks = [m.register_forward_hook(tap) for m in _leaves(classifier) if not isinstance(m, nn.Flatten)]
+    try:
+        logits = classifier(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not produced or produced[-1] is not logits:
+        taps.append(logits.flatten(1))
+    return taps
 
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
@@ -120,18 +131,27 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
 
 # -- the container ------------------------------------------------------------------------
 
+#: The classifiers an :class:`LIDDetector` can hold: (in_channels, classes, width, side) → model.
+ARCHITECTURES = {
+    "small-cnn": lambda c, n, w, side: SmallCNN(in_channels=c, num_classes=n, width=w, image_size=side),
+    "resnet9": lambda c, n, w, side: ResNet9(in_channels=c, num_classes=n, width=w),
+}
+
 class LIDDetector(nn.Module):
     """Classifier + fixed clean reference set + logistic regression on LID features.
 
     The manifest's ``model``: everything the defense needs in one state dict.
 
     Args:
-        in_channels: input channels of the SmallCNN.
+        in_channels: input channels of the classifier.
         image_size: input height = width.
         num_classes: classes (logits before the reject logit).
         n_reference: clean reference images whose activations are the neighbours.
         k: nearest neighbours of the LID estimate (Ma et al.'s code: 20).
         reject_scale: s > 0 in the reject logit ``s·(score − τ)``.
+        arch: the classifier, ``"small-cnn"`` (:class:`~gauntlet.defenses.models.SmallCNN`)
+            or ``"resnet9"`` (:class:`~gauntlet.defenses.models.ResNet9`).
+        width: the classifier's first-layer channels.
 
     Raises:
         ValueError: parameters out of range.
@@ -141,20 +161,23 @@ class LIDDetector(nn.Module):
     rejects = True
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
-                 n_reference: int = 500, k: int = 20, reject_scale: float = 1.0) -> None:
+                 n_reference: int = 500, k: int = 20, reject_scale: float = 1.0,
+                 arch: str = "small-cnn", width: int = 16) -> None:
         super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
         if not 1 <= k <= n_reference:
             raise ValueError(f"need 1 <= k <= n_reference, got k={k}, n_reference={n_reference}")
         if reject_scale <= 0:
             raise ValueError(f"reject_scale must be > 0, got {reject_scale}")
-        self.classifier = SmallCNN(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+        self.classifier = ARCHITECTURES[arch](in_channels, num_classes, width, image_size)
         self.k = k
         self.reject_scale = reject_scale
         with torch.no_grad():
             probe = torch.zeros(1, in_channels, image_size, image_size)
-            taps = layer_outputs(self.classifier, probe)
-            if not torch.equal(taps[-1], self.classifier(probe)):
-                raise ValueError("the classifier is not the composition of its leaf modules")
+            was = self.classifier.training
+            taps = layer_outputs(self.classifier.eval(), probe)
+            self.classifier.train(was)
         n_layers = len(taps)
         #: Clean training images whose activations are the LID neighbours, as 8-bit pixels.
         self.register_buffer("reference", torch.zeros(n_reference, in_channels, image_size, image_size,
@@ -308,11 +331,13 @@ def _lids(model: LIDDetector, x: torch.Tensor, batch: int = 250) -> torch.Tensor
 def lid_recipe(job: TrainingJob, epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
                n_detector: int = 2000, eps: Sequence[float] = (0.1, 0.3),
                kinds: Sequence[str] = ("fgsm", "bim-a", "bim-b"), pgd_steps: int = 20,
-               holdout: float = 0.2, fpr: float = 0.05, l2: float = 1e-3, lbfgs_iters: int = 200) -> nn.Module:
+               holdout: float = 0.2, fpr: float = 0.05, l2: float = 1e-3, lbfgs_iters: int = 200,
+               classifier_source: str | None = None) -> nn.Module:
     """Train the classifier, craft the detector's training set, fit it, set its threshold.
 
-    1. The SmallCNN is trained with plain cross-entropy (Adam), like
-       :func:`gauntlet.defenses.recipes.standard`.
+    1. The classifier is trained with plain cross-entropy (Adam), like
+       :func:`gauntlet.defenses.recipes.standard`, or, with ``classifier_source``, is a
+       committed submission's classifier (its weights copied, sha256-checked).
     2. ``n_reference`` random training images become the reference set; up to
        ``n_detector`` of the others, correctly classified, are the detector's images.
     3. Each detector image gets one adversarial example (attack kind and ε cycled over
@@ -336,6 +361,9 @@ def lid_recipe(job: TrainingJob, epochs: int = 8, lr: float = 1e-3, batch_size: 
         fpr: target false-positive rate on clean images.
         l2: logistic regression's L2 penalty on the weights.
         lbfgs_iters: L-BFGS iterations.
+        classifier_source: id of a submission on the same dataset whose classifier (the
+            same architecture) is used as it is; ``epochs``, ``lr`` and ``batch_size``
+            are then unused.
 
     Returns:
         The trained :class:`LIDDetector`, in eval mode.
@@ -354,8 +382,12 @@ def lid_recipe(job: TrainingJob, epochs: int = 8, lr: float = 1e-3, batch_size: 
     clf = model.classifier
 
     # 1. the classifier
-    opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    cross_entropy_epochs(opt, clf, clf, x, y, epochs, batch_size, gen)
+    if classifier_source is None:
+        opt = torch.optim.Adam(clf.parameters(), lr=lr)
+        cross_entropy_epochs(opt, clf, clf, x, y, epochs, batch_size, gen)
+    else:
+        source = load_source(job.submissions_dir, classifier_source, job.submission.manifest.dataset, job.device)
+        clf.load_state_dict(source.classifier.state_dict())
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

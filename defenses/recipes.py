@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,26 @@ def standard(job, epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
     cross_entropy_epochs(opt, model, forward, x, y, epochs, batch_size, job.generator)
     model.eval()
     return model
+
+
+def load_source(submissions_dir: Path, source: str, dataset: str, device: torch.device) -> nn.Module:
+    """A committed submission's defense, built by the registry (sha256-checked weights):
+    cascade training's network A, the classifier a detector is fitted to.
+
+    Raises:
+        ValueError: ``source`` is not a submission folder of ``submissions_dir`` or is on
+            another dataset.
+    """
+    from gauntlet.benchmark.registry import MANIFEST_NAME, build_defense, load_submission
+
+    base = Path(submissions_dir).resolve()
+    folder = (base / source).resolve()
+    if folder.parent != base or not (folder / MANIFEST_NAME).is_file():
+        raise ValueError(f"source {source!r} is not a submission folder of {base}")
+    sub = load_submission(folder / MANIFEST_NAME)
+    if sub.manifest.dataset != dataset:
+        raise ValueError(f"source {source!r} is on {sub.manifest.dataset!r}, not {dataset!r}")
+    return build_defense(sub, device)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from gauntlet.benchmark.registry import build_defense, load_submission
 from gauntlet.benchmark.training import train_submission
 from tests.training_jobs import synthetic_digits, tiny_job
-from gauntlet.defenses.cascade import (cascade_at, cascade_loss, level_index, load_source, sample_eps, source_examples,
+from gauntlet.defenses.recipes import load_source
+from gauntlet.defenses.cascade import (cascade_at, cascade_loss, level_index, sample_eps, source_examples,
                               step_ll)
 from gauntlet.defenses.models import LinearClassifier, SmallCNN
 from gauntlet.defenses.pipeline import Defense

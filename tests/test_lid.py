@@ -85,6 +85,23 @@ def test_layer_outputs_tap_every_layer_and_end_with_the_logits() -> None:
     assert [o.shape[1] for o in outs[:4]] == [784, 16 * 784, 16 * 784, 16 * 196]
 
 
+def test_layer_outputs_of_a_residual_network_tap_inside_its_blocks_before_in_place_activations() -> None:
+    torch.manual_seed(0)
+    m = LIDDetector(in_channels=3, image_size=32, arch="resnet9", width=4, n_reference=20, k=5).eval()
+    x = torch.rand(3, 3, 32, 32)
+    outs = layer_outputs(m.classifier, x)
+    assert len(outs) == m.n_layers
+    torch.testing.assert_close(outs[-1], m.classifier(x))  # the scaled logits, not the head's output
+    stem_conv, stem_bn, stem_relu = m.classifier.features[0]
+    torch.testing.assert_close(outs[1], stem_conv(x).flatten(1))
+    bn = stem_bn(stem_conv(x))
+    torch.testing.assert_close(outs[2], bn.flatten(1))  # kept before ReLU(inplace=True) overwrote it
+    torch.testing.assert_close(outs[3], bn.clamp_min(0).flatten(1))
+    assert (outs[2] < 0).any()
+    with pytest.raises(ValueError, match="arch"):
+        LIDDetector(arch="vgg")
+
+
 def test_reject_logit_fires_exactly_when_the_detector_score_passes_the_threshold() -> None:
     m = _container()
     m.weight.copy_(torch.linspace(-1, 1, m.n_layers))
