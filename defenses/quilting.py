@@ -7,10 +7,11 @@ database patches. We tile the image with non-overlapping ``patch``×``patch`` pa
 (Guo et al. quilt overlapping patches and blend along minimum-error seams; without the
 overlap the output is *exactly* a mosaic of database patches).
 
-The database is data, not code: a tensor file ``{"patches": (M, C, p, p)}`` in the
+The database is data, not code: a tensor file ``{"patches": (M, C, p, p) uint8}`` (8-bit
+pixels, the datasets' own precision, a quarter of float32's size) in the
 submission folder named by the step's ``weights`` (sha256-checked, loaded with
 ``weights_only=True``); :func:`build_database` makes it from a training split
-(``python -m gauntlet.defenses.quilting <manifest.yaml> <out.pt>``).
+(``python -m gauntlet.defenses.quilting <manifest.yaml> <out.pt> [n_images]``).
 
 Nearest-neighbour search is a discontinuous function of the input and each call draws
 a fresh neighbour per patch and row: ``differentiable = False`` (BPDA identity,
@@ -42,13 +43,13 @@ def build_database(x: torch.Tensor, patch: int, size: int, generator: torch.Gene
         generator: seeds the sample.
 
     Returns:
-        (M, C, patch, patch) float32 patches.
+        (M, C, patch, patch) uint8 patches (pixel value × 255).
     """
     c = x.shape[1]
     all_patches = F.unfold(x, kernel_size=patch, stride=1).transpose(1, 2).reshape(-1, c * patch * patch)
     distinct = torch.unique((all_patches * 255).round().to(torch.uint8), dim=0)
     pick = torch.randperm(len(distinct), generator=generator)[:size]
-    return (distinct[pick].float() / 255.0).view(-1, c, patch, patch)
+    return distinct[pick].view(-1, c, patch, patch)
 
 
 class Quilting(Step):
@@ -75,7 +76,15 @@ class Quilting(Step):
             raise ValueError(f"need patch, size, channels, chunk >= 1 and 1 <= k <= size; got "
                              f"{patch}, {size}, {channels}, {chunk}, k={k}")
         self.patch, self.k, self.chunk = patch, k, chunk
-        self.register_buffer("patches", torch.zeros(size, channels, patch, patch))
+        self.register_buffer("patches", torch.zeros(size, channels, patch, patch, dtype=torch.uint8))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # copy_ would truncate a float database in [0, 1] to zeros without a word
+        given = state_dict.get(prefix + "patches")
+        if given is not None and given.dtype != torch.uint8:
+            raise ValueError(f"the quilting database must hold uint8 pixels, got {given.dtype} "
+                             f"(rebuild it with python -m gauntlet.defenses.quilting)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Quilt each row with fresh neighbour draws.
@@ -89,7 +98,7 @@ class Quilting(Step):
             raise ValueError(f"input {tuple(x.shape)} does not tile into {c}-channel {p}x{p} patches "
                              f"of a {self.patches.shape[1]}-channel database")
         with torch.no_grad():
-            db = self.patches.to(x).flatten(1)  # (M, D)
+            db = (self.patches.to(x) / 255.0).flatten(1)  # (M, D)
             db_sq = db.pow(2).sum(1)
             queries = _unfold(x.detach(), p).reshape(-1, db.shape[1])  # (N·L, D)
             # identical patches (MNIST's empty background) share one search, not one draw
@@ -107,12 +116,14 @@ class Quilting(Step):
 
 
 def main(argv: list[str]) -> int:
-    """``python -m gauntlet.defenses.quilting <manifest.yaml> <out.pt>``: build a submission's database
-    from its dataset's training split with the Quilting step's ``patch``/``size`` arguments."""
+    """``python -m gauntlet.defenses.quilting <manifest.yaml> <out.pt> [n_images]``: build a
+    submission's database from its dataset's training split (the first ``n_images`` of it,
+    default all: CIFAR-10's 50,000 images hold ~42 M patches) with the Quilting step's
+    ``patch``/``size`` arguments."""
     from gauntlet.benchmark.datasets import get_dataset
     from gauntlet.benchmark.manifest import parse_manifest, sha256_file
 
-    if len(argv) != 2:
+    if len(argv) not in (2, 3) or (len(argv) == 3 and not argv[2].isdigit()):
         print(main.__doc__, file=sys.stderr)
         return 2
     manifest = parse_manifest(Path(argv[0]))
@@ -122,9 +133,11 @@ def main(argv: list[str]) -> int:
         return 2
     args = steps[0].args
     x, _ = get_dataset(manifest.dataset).split("train")
+    if len(argv) == 3:
+        x = x[:int(argv[2])]
     db = build_database(x, args.get("patch", 4), args.get("size", 8192), torch.Generator().manual_seed(0))
     torch.save({"patches": db.contiguous()}, argv[1])
-    print(f"{argv[1]}: {len(db)} patches, sha256 {sha256_file(Path(argv[1]))}")
+    print(f"{argv[1]}: {len(db)} patches from {len(x)} images, sha256 {sha256_file(Path(argv[1]))}")
     return 0
 
 

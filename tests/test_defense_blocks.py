@@ -165,7 +165,14 @@ def _quilting(k: int = 3) -> tuple[Quilting, torch.Tensor]:
     db = build_database(_digits(16, seed=3), patch=4, size=256, generator=torch.Generator().manual_seed(0))
     step = Quilting(patch=4, size=len(db), channels=1, k=k)
     step.load_state_dict({"patches": db})
-    return step, db
+    return step, db.float() / 255
+
+
+def test_quilting_refuses_a_database_that_is_not_8_bit() -> None:
+    db = build_database(_digits(4), patch=4, size=20, generator=torch.Generator().manual_seed(0))
+    step = Quilting(patch=4, size=len(db), channels=1, k=3)
+    with pytest.raises(ValueError, match="uint8"):
+        step.load_state_dict({"patches": db.float() / 255})
 
 
 def test_quilting_output_is_made_only_of_database_patches() -> None:
@@ -193,8 +200,9 @@ def test_quilting_picks_among_the_k_nearest_and_varies() -> None:
 def test_build_database_patches_are_distinct_training_patches() -> None:
     x = _digits(4)
     db = build_database(x, patch=4, size=50, generator=torch.Generator().manual_seed(0))
-    assert db.shape == (50, 1, 4, 4)
+    assert db.shape == (50, 1, 4, 4) and db.dtype == torch.uint8
     assert len(torch.unique(db.reshape(50, -1), dim=0)) == 50
+    db = db.float() / 255
     every = torch.nn.functional.unfold((x * 255).round() / 255, 4, stride=1).transpose(1, 2).reshape(-1, 16)
     assert all((every - p.reshape(1, 16)).abs().amax(1).min() < 1e-6 for p in db)
 
