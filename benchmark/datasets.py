@@ -40,6 +40,8 @@ class Dataset:
         shape: (C, H, W) of one input.
         num_classes: number of labels.
         description: one line for ``gauntlet list`` and the site.
+        max_weights_mib: largest weights or data file a submission on this dataset may
+            ship (a larger input needs larger models and databases; docs/submitting.md).
     """
 
     id: str
@@ -48,6 +50,7 @@ class Dataset:
     description: str
     _loader: Callable[[str, Path | None, bool], tuple[torch.Tensor, torch.Tensor]]
     _order: Callable[[torch.Tensor], list[int]]
+    max_weights_mib: int = 8
 
     @property
     def dim(self) -> int:
@@ -211,7 +214,7 @@ DATASETS: dict[str, Dataset] = {
         Dataset("mnist", (1, 28, 28), 10, "MNIST via torchvision (60,000 / 10,000)",
                 _load_mnist, _file_order),
         Dataset("cifar10", (3, 32, 32), 10, "CIFAR-10 via torchvision or .npz (50,000 / 10,000)",
-                _load_cifar10, _file_order),
+                _load_cifar10, _file_order, max_weights_mib=16),
     )
 }
 

@@ -50,8 +50,6 @@ from gauntlet.benchmark.manifest import (Factory, Manifest, ManifestError, parse
 from gauntlet.benchmark.threats import get_threat
 
 MANIFEST_NAME = "manifest.yaml"
-#: Largest weights or data file a submission may ship (docs/submitting.md).
-MAX_WEIGHTS_BYTES = 8 * 1024 * 1024
 #: Largest Python module a factory may name (its source is parsed at validation).
 MAX_MODULE_BYTES = 1024 * 1024
 #: Most files and folders a submission folder may hold (it is walked at validation).
@@ -384,11 +382,23 @@ def resolve(spec: str, folder: Path, submission_id: str) -> Any:
 
 # -- weights ------------------------------------------------------------------------------
 
-def weights_path(folder: Path, relative: str) -> Path:
+def weights_limit(dataset_id: str) -> int:
+    """Largest weights or data file, in bytes, a submission on ``dataset_id`` may ship
+    (the dataset's ``max_weights_mib``; an unknown dataset, already reported by
+    validation, gets the smallest)."""
+    known = DATASETS.get(dataset_id)
+    mib = known.max_weights_mib if known else min(d.max_weights_mib for d in DATASETS.values())
+    return mib * 2**20
+
+
+def weights_path(folder: Path, relative: str, limit: int) -> Path:
     """The weights file, refusing paths that leave the submission folder.
 
+    Args:
+        limit: largest size in bytes (:func:`weights_limit`).
+
     Raises:
-        ValueError: the path escapes the folder or does not exist.
+        ValueError: the path escapes the folder, does not exist or is larger than ``limit``.
     """
     target = _inside(folder, relative)
     if target is None:
@@ -396,18 +406,18 @@ def weights_path(folder: Path, relative: str) -> Path:
     if not target.is_file():
         raise ValueError(f"file {relative!r} not found in {folder}")
     size = target.stat().st_size
-    if size > MAX_WEIGHTS_BYTES:
-        raise ValueError(f"{relative!r} is {size / 2**20:.1f} MiB; the limit is {MAX_WEIGHTS_BYTES / 2**20:.0f} MiB")
+    if size > limit:
+        raise ValueError(f"{relative!r} is {size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB")
     return target
 
 
-def load_weights(folder: Path, spec: Factory) -> dict[str, torch.Tensor]:
-    """Check sha256, then load a state dict with ``weights_only=True``.
+def load_weights(folder: Path, spec: Factory, limit: int) -> dict[str, torch.Tensor]:
+    """Check size and sha256, then load a state dict with ``weights_only=True``.
 
     Raises:
         ValueError: wrong hash, bad path, or a file that is not a tensor state dict.
     """
-    path = weights_path(folder, spec.weights)
+    path = weights_path(folder, spec.weights, limit)
     actual = sha256_file(path)
     if spec.sha256 is None:
         raise ValueError("weights given without sha256")
@@ -453,9 +463,9 @@ def semantic_problems(sub: Submission, check_weights: bool = True) -> list[str]:
             continue
         try:
             if check_weights:
-                load_weights(sub.folder, spec)
+                load_weights(sub.folder, spec, weights_limit(m.dataset))
             else:
-                weights_path(sub.folder, spec.weights)
+                weights_path(sub.folder, spec.weights, weights_limit(m.dataset))
         except ValueError as e:
             out.append(f"{where}: {field}.weights: {e}")
     if m.train is not None:
@@ -506,7 +516,7 @@ def validate(paths: list[Path], check_weights: bool = True) -> tuple[list[Submis
 def _instantiate(spec: Factory, sub: Submission) -> nn.Module:
     obj = resolve(spec.factory, sub.folder, sub.id)(**spec.args)
     if spec.weights is not None:
-        obj.load_state_dict(load_weights(sub.folder, spec))
+        obj.load_state_dict(load_weights(sub.folder, spec, weights_limit(sub.manifest.dataset)))
     return obj
 
 

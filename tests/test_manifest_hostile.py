@@ -376,3 +376,19 @@ def test_check_factory_reads_a_bounded_module(submissions):
     (folder / "binary.py").write_bytes(b"\xff\xfe\x00class X: pass\n")
     assert "the limit is" in check_factory("big:x", folder)
     assert "cannot be read" in check_factory("binary:X", folder)
+
+
+def test_the_weights_size_limit_is_the_datasets(submissions):
+    """8 MiB on MNIST, 16 MiB on CIFAR-10 (a larger input needs larger models and databases)."""
+    path = submissions / "dummy-linear" / "manifest.yaml"
+    weights = path.parent / "weights.pt"
+    with open(weights, "ab") as f:  # sparse: 10 MiB without writing them
+        f.truncate(10 * 2**20)
+    _, problems = validate([path], check_weights=False)
+    assert problems == [f"{path}: model.weights: 'weights.pt' is 10.0 MiB; the limit is 8 MiB"]
+    path.write_text(path.read_text().replace("dataset: mnist-embedded", "dataset: cifar10"))
+    assert validate([path], check_weights=False)[1] == []
+    with open(weights, "ab") as f:
+        f.truncate(17 * 2**20)
+    assert validate([path], check_weights=False)[1] == [
+        f"{path}: model.weights: 'weights.pt' is 17.0 MiB; the limit is 16 MiB"]
