@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gauntlet.defenses.models import ResNet9, SmallCNN
+from gauntlet.defenses.models import make_classifier
 from gauntlet.defenses.recipes import cross_entropy_epochs, load_source
 
 if TYPE_CHECKING:
@@ -131,12 +131,6 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
 
 # -- the container ------------------------------------------------------------------------
 
-#: The classifiers an :class:`LIDDetector` can hold: (in_channels, classes, width, side) → model.
-ARCHITECTURES = {
-    "small-cnn": lambda c, n, w, side: SmallCNN(in_channels=c, num_classes=n, width=w, image_size=side),
-    "resnet9": lambda c, n, w, side: ResNet9(in_channels=c, num_classes=n, width=w),
-}
-
 class LIDDetector(nn.Module):
     """Classifier + fixed clean reference set + logistic regression on LID features.
 
@@ -149,8 +143,7 @@ class LIDDetector(nn.Module):
         n_reference: clean reference images whose activations are the neighbours.
         k: nearest neighbours of the LID estimate (Ma et al.'s code: 20).
         reject_scale: s > 0 in the reject logit ``s·(score − τ)``.
-        arch: the classifier, ``"small-cnn"`` (:class:`~gauntlet.defenses.models.SmallCNN`)
-            or ``"resnet9"`` (:class:`~gauntlet.defenses.models.ResNet9`).
+        arch: the classifier, a name of :data:`gauntlet.defenses.models.ARCHITECTURES`.
         width: the classifier's first-layer channels.
 
     Raises:
@@ -164,13 +157,11 @@ class LIDDetector(nn.Module):
                  n_reference: int = 500, k: int = 20, reject_scale: float = 1.0,
                  arch: str = "small-cnn", width: int = 16) -> None:
         super().__init__()
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
         if not 1 <= k <= n_reference:
             raise ValueError(f"need 1 <= k <= n_reference, got k={k}, n_reference={n_reference}")
         if reject_scale <= 0:
             raise ValueError(f"reject_scale must be > 0, got {reject_scale}")
-        self.classifier = ARCHITECTURES[arch](in_channels, num_classes, width, image_size)
+        self.classifier = make_classifier(arch, in_channels, num_classes, width, image_size)
         self.k = k
         self.reject_scale = reject_scale
         with torch.no_grad():

@@ -94,3 +94,22 @@ class ResNet9(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)) * 0.125
+
+
+#: Classifiers a container (LID's detector, PixelDefend's model) can hold, by name:
+#: (in_channels, classes, width, image side) → model.
+ARCHITECTURES = {
+    "small-cnn": lambda c, n, w, side: SmallCNN(in_channels=c, num_classes=n, width=w, image_size=side),
+    "resnet9": lambda c, n, w, side: ResNet9(in_channels=c, num_classes=n, width=w),
+}
+
+
+def make_classifier(arch: str, in_channels: int, num_classes: int, width: int, image_size: int) -> nn.Module:
+    """One of :data:`ARCHITECTURES`.
+
+    Raises:
+        ValueError: unknown ``arch``.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
+    return ARCHITECTURES[arch](in_channels, num_classes, width, image_size)

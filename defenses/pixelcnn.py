@@ -1,7 +1,11 @@
-"""A small PixelCNN over discretized one-channel images (van den Oord et al. 2016).
+"""A small PixelCNN over discretized images (van den Oord et al. 2016).
 
-The model factorizes p(x) = Π_i p(x_i | x_<i) in raster order, each factor a softmax over
-``levels`` intensities k/(levels − 1). Causality comes from masked convolutions
+The model factorizes p(x) = Π_i p(x_i | x_<i) in raster order of pixels, each factor a
+softmax over ``levels`` intensities k/(levels − 1) per colour channel. The channels of one
+pixel are conditionally independent given the pixels before it,
+p(x_i | x_<i) = Π_c p(x_i^c | x_<i) (van den Oord et al. chain R → G → B inside a
+pixel; this weaker factorization is still a normalized autoregressive density, and it
+lets greedy decoding choose a pixel's channels together, exactly). Causality comes from masked convolutions
 (van den Oord et al. 2016, "Pixel Recurrent Neural Networks", §3.4): the first layer
 (mask *A*) sees the rows above and the pixels strictly left of the centre, every later
 layer (mask *B*) also sees the centre. A masked k×k kernel has zero weight on every
@@ -69,6 +73,7 @@ class PixelCNN(nn.Module):
     Args:
         levels: intensity levels L; inputs are read as k/(L − 1).
         channels: hidden channels.
+        in_channels: colour channels C of the images (C·L logits per pixel).
         first_half: h of the mask-A layer (3: a 7×7 kernel, as van den Oord et al.).
         layers: mask-B layers.
         half: h of each mask-B layer (1: 3×3 kernels).
@@ -78,16 +83,17 @@ class PixelCNN(nn.Module):
     """
 
     def __init__(self, levels: int = 32, channels: int = 32, first_half: int = 3, layers: int = 3,
-                 half: int = 1) -> None:
+                 half: int = 1, in_channels: int = 1) -> None:
         super().__init__()
-        if levels < 2 or channels < 1 or layers < 0 or half < 0 or first_half < 1:
-            raise ValueError(f"need levels >= 2, channels >= 1, layers >= 0, half >= 0, first_half >= 1; got "
-                             f"{levels}, {channels}, {layers}, {half}, {first_half}")
-        self.levels = levels
-        self.first = MaskedConv(1, channels, first_half, "A")
+        if levels < 2 or channels < 1 or layers < 0 or half < 0 or first_half < 1 or in_channels < 1:
+            raise ValueError(f"need levels >= 2, channels >= 1, layers >= 0, half >= 0, first_half >= 1, "
+                             f"in_channels >= 1; got {levels}, {channels}, {layers}, {half}, {first_half}, "
+                             f"{in_channels}")
+        self.levels, self.in_channels = levels, in_channels
+        self.first = MaskedConv(in_channels, channels, first_half, "A")
         self.blocks = nn.ModuleList(MaskedConv(channels, channels, half, "B") for _ in range(layers))
         self.hidden = nn.Conv2d(channels, channels, 1)
-        self.out = nn.Conv2d(channels, levels, 1)
+        self.out = nn.Conv2d(channels, in_channels * levels, 1)
 
     @property
     def masked(self) -> list[MaskedConv]:
@@ -121,12 +127,13 @@ class PixelCNN(nn.Module):
         """Logits of the bottom-centre pixel of each input window.
 
         Args:
-            windows: (M, 1, V + 1 + extra_rows, left + right + 1 + extra_cols) intensities,
+            windows: (M, C, V + 1 + extra_rows, left + right + 1 + extra_cols) intensities,
                 zero outside the image; in general any input already padded as
                 :meth:`forward` pads it.
 
         Returns:
-            (M, L, rows, cols) logits, one per position whose full window is inside.
+            (M, C·L, rows, cols) logits (channel-major: channel c's levels are
+            ``[c·L, (c + 1)·L)``), one per position whose full window is inside.
         """
         h = F.relu(self.first(windows))
         for block in self.blocks:
@@ -141,15 +148,17 @@ class PixelCNN(nn.Module):
         return sum(m.half for m in self.masked)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pad (N, 1, H, W) intensities: V rows on top, :attr:`side_pad` columns each side."""
+        """Zero-pad (N, C, H, W) intensities: V rows on top, :attr:`side_pad` columns each side."""
         return F.pad(x, (self.side_pad, self.side_pad, self.up_reach, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-pixel logits (N, L, H, W) of p(x_i | x_<i) for (N, 1, H, W) inputs in [0, 1]."""
-        return self.window_logits(self.pad(x))
+        """Per-pixel logits (N, L, C, H, W) of p(x_i^c | x_<i) for (N, C, H, W) inputs in [0, 1]."""
+        logits = self.window_logits(self.pad(x))
+        n, _, h, w = logits.shape
+        return logits.view(n, self.in_channels, self.levels, h, w).transpose(1, 2)
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image negative log-likelihood in bits per dimension of the quantized ``x``."""
         logits = self(self.values()[self.quantize(x)])
-        nats = F.cross_entropy(logits, self.quantize(x).squeeze(1), reduction="none")
+        nats = F.cross_entropy(logits, self.quantize(x), reduction="none")
         return nats.flatten(1).mean(1) / math.log(2.0)

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from gauntlet.defenses.models import SmallCNN
+from gauntlet.defenses.models import make_classifier
 from gauntlet.defenses.pipeline import Defense, Step
 from gauntlet.defenses.pixelcnn import PixelCNN
-from gauntlet.defenses.recipes import batches, cross_entropy_epochs
+from gauntlet.defenses.recipes import batches, cross_entropy_epochs, load_source
 
 if TYPE_CHECKING:
     from gauntlet.benchmark.training import TrainingJob
@@ -89,35 +89,40 @@ def _choose(logits: torch.Tensor, x_orig: torch.Tensor, values: torch.Tensor, ep
 def purify(model: PixelCNN, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Greedy PixelDefend purification by wavefront decoding (exact; module docstring).
 
+    A pixel's channels are conditionally independent given the pixels before it
+    (:class:`~gauntlet.defenses.pixelcnn.PixelCNN`), so each is set to its own most
+    likely level in the same pass.
+
     Args:
         model: the PixelCNN (any device; evaluated as is, so call ``eval()`` first if it
             ever gets dropout or normalization layers).
-        x: (N, 1, H, W) inputs in [0, 1].
+        x: (N, C, H, W) inputs in [0, 1], C the model's ``in_channels``.
         eps: ε_defend, the largest change of a pixel.
 
     Returns:
-        (N, 1, H, W) purified images, every pixel a level k/(L − 1).
+        (N, C, H, W) purified images, every value a level k/(L − 1).
 
     Raises:
-        ValueError: ``x`` is not a one-channel image batch or eps is negative.
+        ValueError: ``x`` is not an image batch with the model's channels, or eps is negative.
     """
-    if x.dim() != 4 or x.shape[1] != 1:
-        raise ValueError(f"purify expects (N, 1, H, W) inputs, got {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[1] != model.in_channels:
+        raise ValueError(f"purify expects (N, {model.in_channels}, H, W) inputs, got {tuple(x.shape)}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if len(x) > PURIFY_CHUNK:
         return torch.cat([purify(model, part, eps) for part in x.split(PURIFY_CHUNK)])
-    n, _, h, w = x.shape
+    n, ch, h, w = x.shape
     x = x.detach()
     values = model.values().to(x)
     up, side = model.up_reach, model.side_pad
-    padded = model.pad(x).reshape(n, -1).contiguous()
-    flat_x = x.reshape(n, -1)
+    padded = model.pad(x).reshape(n, ch, -1).contiguous()
+    flat_x = x.reshape(n, ch, -1)
     for idx, pos, pix in _schedule(h, w, up, side, model.right_reach, x.device):
-        windows = padded[:, idx].view(-1, 1, up + 1, 2 * side + 1)
-        logits = model.window_logits(windows).view(n, len(pix), -1)
-        padded[:, pos] = _choose(logits, flat_x[:, pix], values, eps)
-    return padded.view(n, 1, h + up, w + 2 * side)[:, :, up:, side:side + w].contiguous()
+        # (N, C, P, window) → (N·P, C, rows, cols): one window per decoded pixel
+        windows = padded[:, :, idx].transpose(1, 2).reshape(-1, ch, up + 1, 2 * side + 1)
+        logits = model.window_logits(windows).view(n, len(pix), ch, -1)
+        padded[:, :, pos] = _choose(logits, flat_x[:, :, pix].transpose(1, 2), values, eps).transpose(1, 2)
+    return padded.view(n, ch, h + up, w + 2 * side)[:, :, up:, side:side + w].contiguous()
 
 
 @torch.no_grad()
@@ -128,8 +133,8 @@ def purify_raster(model: PixelCNN, x: torch.Tensor, eps: float) -> torch.Tensor:
     values = model.values().to(x)
     for r in range(x.shape[2]):
         for c in range(x.shape[3]):
-            logits = model(out)[:, :, r, c]
-            out[:, 0, r, c] = _choose(logits, x[:, 0, r, c], values, eps)
+            logits = model(out)[:, :, :, r, c].transpose(1, 2)  # (N, C, L)
+            out[:, :, r, c] = _choose(logits, x[:, :, r, c], values, eps)
     return out
 
 
@@ -171,13 +176,18 @@ class PixelDefendModel(nn.Module):
         first_half: h of the PixelCNN's mask-A layer.
         layers: PixelCNN mask-B layers.
         half: h of each mask-B layer.
+        in_channels: image channels.
+        image_size: image side.
+        arch: the classifier, a name of :data:`gauntlet.defenses.models.ARCHITECTURES`.
+        width: the classifier's first-layer channels.
     """
 
     def __init__(self, levels: int = 32, channels: int = 32, first_half: int = 3, layers: int = 3,
-                 half: int = 1) -> None:
+                 half: int = 1, in_channels: int = 1, image_size: int = 28, arch: str = "small-cnn",
+                 width: int = 16) -> None:
         super().__init__()
-        self.classifier = SmallCNN()
-        self.pixelcnn = PixelCNN(levels, channels, first_half, layers, half)
+        self.classifier = make_classifier(arch, in_channels, 10, width, image_size)
+        self.pixelcnn = PixelCNN(levels, channels, first_half, layers, half, in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Undefended logits."""
@@ -204,8 +214,9 @@ class PixelDefend(Defense):
 
 def train_pixeldefend(job: TrainingJob, pixelcnn_epochs: int = 6, pixelcnn_lr: float = 3e-3,
                       classifier_epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
-                      purified_training: bool = True) -> nn.Module:
-    """Train the PixelCNN by maximum likelihood, then the classifier with Adam.
+                      purified_training: bool = True, classifier_source: str | None = None) -> nn.Module:
+    """Train the PixelCNN by maximum likelihood, then the classifier with Adam (or copy a
+    committed one: Song et al. purify the inputs of classifiers trained on clean images).
 
     Args:
         pixelcnn_epochs: passes over the training split for the PixelCNN.
@@ -215,6 +226,8 @@ def train_pixeldefend(job: TrainingJob, pixelcnn_epochs: int = 6, pixelcnn_lr: f
         batch_size: examples per step (both networks).
         purified_training: train the classifier on purified training images (the
             defense's own preprocessing) instead of clean ones.
+        classifier_source: id of a submission on the same dataset whose classifier (the
+            same architecture) is used as it is; the classifier arguments are then unused.
 
     Returns:
         The trained container, in eval mode.
@@ -234,9 +247,13 @@ def train_pixeldefend(job: TrainingJob, pixelcnn_epochs: int = 6, pixelcnn_lr: f
             opt.step()
             sched.step()
     cnn.eval()
-    inputs = job.defense.preprocess(x) if purified_training else x
     clf = model.classifier
-    opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    cross_entropy_epochs(opt, clf, clf, inputs, y, classifier_epochs, batch_size, job.generator)
+    if classifier_source is not None:
+        source = load_source(job.submissions_dir, classifier_source, job.submission.manifest.dataset, job.device)
+        clf.load_state_dict(source.classifier.state_dict())
+    else:
+        inputs = job.defense.preprocess(x) if purified_training else x
+        opt = torch.optim.Adam(clf.parameters(), lr=lr)
+        cross_entropy_epochs(opt, clf, clf, inputs, y, classifier_epochs, batch_size, job.generator)
     model.eval()
     return model

@@ -200,6 +200,21 @@ def test_recipe_fits_a_detector_at_its_false_positive_rate(one_thread) -> None:
     assert logits.shape == (8, 11) and torch.isfinite(logits).all()
 
 
+def test_recipe_on_a_committed_residual_classifier_keeps_its_weights(one_thread) -> None:
+    """ma2018-lid-cifar10: the detector is fitted to standard-cifar10's ResNet-9 as it is."""
+    from tests.training_jobs import tiny_job
+
+    job = tiny_job("ma2018-lid-cifar10", n=600)  # 500 of them are the reference set
+    args = {**job.submission.manifest.train.args, "n_detector": 60, "pgd_steps": 2, "holdout": 0.25, "fpr": 0.1}
+    out = lid_recipe(job, **args)
+    standard = build_defense(load_submission(SUBMISSION.parent / "standard-cifar10" / "manifest.yaml")).classifier
+    for name, value in standard.state_dict().items():
+        torch.testing.assert_close(out.classifier.state_dict()[name], value)
+    with torch.no_grad():
+        logits = Defense(out)(job.x_train[:8])
+    assert logits.shape == (8, 11) and torch.isfinite(logits).all()
+
+
 # -- the committed submission -------------------------------------------------------------
 
 @pytest.fixture(scope="module")

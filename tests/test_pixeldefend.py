@@ -48,7 +48,7 @@ def test_receptive_field_is_causal_and_the_reach_is_tight(kw: dict) -> None:
     v, w = m.up_reach, m.right_reach
     r, c = 7, 6
     x = torch.rand(1, 1, 10, 13, dtype=torch.float64, requires_grad=True)
-    m(x)[0, :, r, c].pow(2).sum().backward()
+    m(x)[0, :, :, r, c].pow(2).sum().backward()
     dep = x.grad[0, 0] != 0
     rows, cols = torch.meshgrid(torch.arange(10), torch.arange(13), indexing="ij")
     allowed = ((rows == r) & (cols < c)) | ((rows < r) & (rows >= r - v) & ((cols - c).abs() <= w))
@@ -67,14 +67,33 @@ def test_nll_is_bits_per_dimension() -> None:
     assert torch.allclose(m.nll(torch.rand(3, 1, 5, 5)), torch.full((3,), 3.0))
 
 
+def test_colour_channels_of_a_pixel_see_only_the_pixels_before_it() -> None:
+    """Three channels: each channel's logits at (r, c) depend on every channel of earlier
+    pixels and on no channel of (r, c) itself (p(x_i) = Π_c p(x_i^c | x_<i)), and the
+    likelihood is normalized over each channel's levels."""
+    m = _random_pixelcnn(levels=4, channels=3, first_half=2, layers=1, half=1, in_channels=3).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.abs_()
+    x = torch.rand(1, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    logits = m(x)
+    assert logits.shape == (1, 4, 3, 7, 8)
+    r, c = 4, 5
+    g = torch.autograd.grad(logits[0, :, :, r, c].pow(2).sum(), x)[0][0]
+    assert (g[:, r, c] == 0).all() and (g[:, r, c + 1:] == 0).all()
+    assert (g[:, r, c - 1] != 0).all()  # every channel of the pixel to the left
+    torch.testing.assert_close(logits.softmax(1).sum(1), torch.ones(1, 3, 7, 8, dtype=torch.float64))
+
+
 # -- purification ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,eps", [(dict(levels=8, channels=6, first_half=2, layers=2, half=1), 0.2),
                                     (dict(levels=5, channels=4, first_half=1, layers=1, half=2), 0.3),
-                                    (dict(levels=16, channels=4, first_half=3, layers=1, half=1), 0.01)])
+                                    (dict(levels=16, channels=4, first_half=3, layers=1, half=1), 0.01),
+                                    (dict(levels=8, channels=6, first_half=2, layers=2, half=1, in_channels=3), 0.2)])
 def test_wavefront_equals_raster_decoding(kw: dict, eps: float) -> None:
     m = _random_pixelcnn(**kw)
-    x = torch.rand(3, 1, 9, 11, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(3, m.in_channels, 9, 11, generator=torch.Generator().manual_seed(1))
     fast, slow = purify(m, x, eps), purify_raster(m, x, eps)
     assert torch.equal(fast, slow)
     rounded = m.values()[m.quantize(x)]
@@ -101,6 +120,8 @@ def test_purify_is_batch_independent_and_rejects_bad_input() -> None:
     assert torch.equal(purify(m, x, 0.2)[2:3], purify(m, x[2:3], 0.2))
     with pytest.raises(ValueError):
         purify(m, torch.rand(2, 3, 8, 8), 0.1)
+    with pytest.raises(ValueError):
+        purify(_random_pixelcnn(levels=8, channels=4, first_half=2, layers=1, in_channels=3), x, 0.1)
     with pytest.raises(ValueError):
         purify(m, x, -0.1)
 
