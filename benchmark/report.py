@@ -1,6 +1,6 @@
 """The README's results table, in the spirit of Table 1 of Athalye, Carlini & Wagner (2018).
 
-Per defense and dataset: the example count, clean accuracy, and the accuracy a naive
+One table per dataset; per defense: the example count, clean accuracy, and the accuracy a naive
 evaluation reports (the naive baseline: the attack whose result records the
 ``naive_baseline`` trait, PGD on raw gradients, or its rejection-blind variant against a
 detector) next to Gauntlet's adaptive per-example worst case over every attack, with its
@@ -72,49 +72,59 @@ def _cell(board: Any, dataset: str, defense: str, threat: str, notes: set[str]) 
     return text
 
 
+def _dataset_table(board: Any, ranked: Any, dataset: str, notes: set[str]) -> list[str]:
+    """One dataset's heading, profile line and table rows (Markdown lines)."""
+    from gauntlet.benchmark.threats import FIXED_THREATS
+    from gauntlet.leaderboard import aggregate as agg
+
+    runs = [r for r in board.runs if r.dataset == dataset]
+    threats = list(FIXED_THREATS) + [t for t in SWEEP_POINTS if any(r.threat == t for r in runs)]
+    header = ["Defense", "Dataset", "Examples", "Clean [95% interval]"] + [
+        f"{_TITLE.get(t, t)}: naive → worst case [95% interval] (strongest)" for t in threats]
+    out = [f"**{md(dataset)}** · profile: {md(agg.profile_summary(runs)['label'])}.", "",
+           "| " + " | ".join(header) + " |", "| --- | --- | ---: | ---: |" + " --- |" * len(threats)]
+    first = ranked[(ranked["dataset"] == dataset) & (ranked["threat"] == FIXED_THREATS[0])]
+    for defense in first["defense"]:
+        name = md(board.name(dataset, defense))
+        build = agg.prepare_error(board, dataset, defense)
+        if build:
+            notes.add("build")
+            cells = [name, md(dataset), "–", "–"] + [f"build failed: {md(build.kind)}"] * len(threats)
+        else:
+            wcs = [agg.worst_case(board, dataset, defense, t) for t in FIXED_THREATS]
+            base = next((w for w in wcs if w is not None and w.accuracy is not None), None)
+            cells = [name, md(dataset), str(base.n) if base else "–",
+                     _pct(base.clean_accuracy if base else None) + _space(percent(base.clean_ci if base else None))]
+            cells += [_cell(board, dataset, defense, t, notes) for t in threats]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
 def render_table(results_dir: Path) -> str:
-    """The Markdown table of every defense in ``results_dir``.
+    """The Markdown tables of every defense in ``results_dir``, one per dataset.
 
     Args:
         results_dir: the runner's results folder.
 
     Returns:
-        Markdown: a one-line profile note, the table and its footnotes.
+        Markdown: per dataset (registry order) a heading with its profile and example
+        count, then its table (the sweep columns that dataset has); then the footnotes.
 
     Raises:
         gauntlet.benchmark.results.ResultError: naming the file, for an unreadable result or a
             missing folder.
     """
-    from gauntlet.benchmark.threats import FIXED_THREATS
+    from gauntlet.benchmark.catalog import fallback_catalog
     from gauntlet.leaderboard import aggregate as agg
 
-    from gauntlet.benchmark.catalog import fallback_catalog
-
     board = agg.load_board(Path(results_dir), catalog=fallback_catalog(results_dir))
-    threats = list(FIXED_THREATS) + [t for t in SWEEP_POINTS if any(r.threat == t for r in board.runs)]
     ranked = agg.leaderboard(board)
-    header = ["Defense", "Dataset", "Examples", "Clean [95% interval]"] + [
-        f"{_TITLE.get(t, t)}: naive → worst case [95% interval] (strongest)" for t in threats]
-    out = [f"Profile: {md(agg.profile_summary(board.runs)['label'])}.", "",
-           "| " + " | ".join(header) + " |", "| --- | --- | ---: | ---: |" + " --- |" * len(threats)]
     notes: set[str] = set()
+    out: list[str] = []
     for dataset in board.datasets():
-        first = ranked[(ranked["dataset"] == dataset) & (ranked["threat"] == FIXED_THREATS[0])]
-        for defense in first["defense"]:
-            name = md(board.name(dataset, defense))
-            build = agg.prepare_error(board, dataset, defense)
-            if build:
-                notes.add("build")
-                cells = [name, md(dataset), "–", "–"] + [f"build failed: {md(build.kind)}"] * len(threats)
-            else:
-                wcs = [agg.worst_case(board, dataset, defense, t) for t in FIXED_THREATS]
-                base = next((w for w in wcs if w is not None and w.accuracy is not None), None)
-                cells = [name, md(dataset), str(base.n) if base else "–",
-                         _pct(base.clean_accuracy if base else None) + _space(percent(base.clean_ci if base else None))]
-                cells += [_cell(board, dataset, defense, t, notes) for t in threats]
-            out.append("| " + " | ".join(cells) + " |")
-    if len(out) == 4:
-        out.append("| (no results) |" + " |" * (len(header) - 1))
+        out += ([""] if out else []) + _dataset_table(board, ranked, dataset, notes)
+    if not out:
+        out = ["| (no results) |"]
     naive = [f"`{a}`" for a in agg.naive_baselines(board)]
     out += ["", f"Naive = the naive baseline alone ({' or '.join(naive) or 'the naive_baseline attack'}: PGD on raw "
             "gradients); worst case = per example, the minimum over every attack run at that threat, then the mean "

@@ -27,6 +27,19 @@ def rows(markdown: str) -> dict[str, list[str]]:
     return out
 
 
+def sections(markdown: str) -> dict[str, str]:
+    """The text of each dataset's table, by the dataset named in its bold heading."""
+    out: dict[str, str] = {}
+    current = None
+    for line in markdown.splitlines():
+        if line.startswith("**"):
+            current = line[2:line.index("**", 2)]
+            out[current] = ""
+        if current is not None:
+            out[current] += line + "\n"
+    return out
+
+
 @pytest.fixture(scope="module")
 def table() -> str:
     return render_table(FIXTURES)
@@ -38,7 +51,8 @@ def _ci(k: int, n: int = 10) -> str:
 
 
 def test_table_from_fixtures(table):
-    r = rows(table)
+    assert list(sections(table)) == [DS, "cifar10"]  # one table per dataset, in registry order
+    r = rows(sections(table)[DS])
     header = r["Defense"]
     assert header[:4] == ["Defense", "Dataset", "Examples", "Clean [95% interval]"]
     # Fixed threats, then the sweep points present in the results (l2-0.05: madry's sweep).
@@ -56,12 +70,14 @@ def test_table_from_fixtures(table):
                               f"0.0% → **0.0%** {_ci(0)} (pgd)", f"0.0% → **0.0%** {_ci(0)} (pgd)", "–"]
     madry = r["Adversarial training \\(PGD\\)"]
     assert madry[6] == f"90.0% → **90.0%** {_ci(9)} (pgd)" and madry[8] == f"20.0% → **20.0%** {_ci(2)} (pgd)"
-    assert r["Undefended ResNet"][1:5] == ["cifar10", "10", f"90.0% {_ci(9)}", f"10.0% → **10.0%** {_ci(1)} (pgd)"]
+    cifar = rows(sections(table)["cifar10"])
+    assert cifar["Undefended ResNet"][1:5] == ["cifar10", "10", f"90.0% {_ci(9)}", f"10.0% → **10.0%** {_ci(1)} (pgd)"]
+    assert len(cifar["Defense"]) == len(cifar["Undefended ResNet"])  # its own columns: the sweeps it has
     # Rows follow the leaderboard's ranking at linf-0.031 within each dataset.
     names = [n for n in r if n != "Defense"]
     assert names.index("Adversarial training \\(PGD\\)") < names.index("JPEG compression") < names.index(
-        "Undefended CNN") < names.index("Undefended ResNet")
-    assert "Profile: quick profile, 10 examples." in table
+        "Undefended CNN")
+    assert f"**{DS}** · profile: quick profile, 10 examples." in table
     # The footnote: every ε runs the whole suite, and what the bracket is.
     assert "Sweep points run only" not in table and "every applicable attack runs there" in table
     assert "exact 95% interval of the worst case" in table and "`pgd` or `pgd-blind`" in table
