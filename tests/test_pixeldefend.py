@@ -154,6 +154,19 @@ def test_recipe_on_a_tiny_budget() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
 
 
+def test_colour_recipe_trains_the_pixelcnn_and_copies_the_committed_classifier() -> None:
+    """song2018-pixeldefend-cifar10: a colour PixelCNN in front of standard-cifar10's ResNet-9 as it is."""
+    job = tiny_job("song2018-pixeldefend-cifar10", n=16)
+    before = {k: v.clone() for k, v in job.model.pixelcnn.state_dict().items()}
+    model = train_pixeldefend(job, **{**job.submission.manifest.train.args, "pixelcnn_epochs": 1})
+    assert any(not torch.equal(v, before[k]) for k, v in model.pixelcnn.state_dict().items())
+    standard = build_defense(load_submission(SUBMISSION.parent / "standard-cifar10" / "manifest.yaml")).classifier
+    for name, value in standard.state_dict().items():
+        torch.testing.assert_close(model.classifier.state_dict()[name], value)
+    with torch.no_grad():
+        assert PixelDefend(model, [], eps_defend=0.0627)(job.x_train[:4]).shape == (4, 10)
+
+
 @pytest.fixture(scope="module")
 def committed():
     sub = load_submission(SUBMISSION / "manifest.yaml")
