@@ -94,7 +94,7 @@ class SubmissionRun:
         if callable(seed_defense):
             seed_defense(seed)
 
-    def score_fresh(self, x_adv: torch.Tensor, seed: int) -> Scores:
+    def score_fresh(self, x_adv: torch.Tensor, y: torch.Tensor, seed: int) -> Scores:
         """Score final adversarial points unrecognisably: in a fresh server of the scoring
         sandbox (it has seen no other input of these examples; the clean inputs were scored
         in the attack sandbox), through the same calls as any query, in an order shuffled
@@ -111,7 +111,7 @@ class SubmissionRun:
             if scorer is not self.defense and self.defense.randomized and not scorer.randomized:
                 scorer.randomized = True
             self._seed(seed, scorer)
-            s = score(scorer, x_adv[perm], self.y[perm], self.draws, self.cfg.batch_size)
+            s = score(scorer, x_adv[perm], y[perm], self.draws, self.cfg.batch_size)
         finally:
             if scorer is not self.defense:
                 scorer.close()
@@ -236,10 +236,15 @@ class SubmissionRun:
             threat.verify(res.x_adv, xb)  # the runner verifies, not the attack
             x_adv[rows] = res.x_adv.detach()
             infos.append((len(rows), res.info))
-        if len(todo) or self.defense.randomized:
-            adv = self.score_fresh(x_adv, job_seed(self.cfg.seed, run_id + "/score"))
-        else:  # nothing attacked: x_adv is x, and a deterministic defense scores it as it did
-            adv = self.clean
+        # Only the attacked rows are scored again. Elsewhere x_adv is x: a skipped row has no
+        # score of this attack, and a clean-wrong one (every draw wrong) scores 0 whatever
+        # its adversarial score, so their adv scores are the clean ones (for a randomized
+        # defense, other draws of the same quantity), as for a deterministic defense.
+        adv = self.clean
+        if len(todo):
+            fresh = self.score_fresh(x_adv[todo], self.y[todo], job_seed(self.cfg.seed, run_id + "/score"))
+            adv = Scores(*(getattr(self.clean, f.name).index_copy(0, todo, getattr(fresh, f.name))
+                           for f in dataclasses.fields(Scores)))
         attacked = (self.clean.correct > 0) & ~skipped
         abstains = bool(getattr(self.defense, "abstains", False))
         rejects = bool(getattr(self.defense, "rejects", False))
