@@ -4,7 +4,9 @@ naive PGD and fall to adaptive PGD (BPDA, EOT) to within reach of the undefended
 while adversarial training holds.
 
 Slice: the first 40 CIFAR-10 test images; attacks: naive ``pgd`` and the adaptive PGD
-variants that apply (``pgd-bpda``, ``pgd-eot``, ``pgd-bpda-eot``). Every comparison is
+variants that apply (``pgd-bpda``, ``pgd-eot``, ``pgd-bpda-eot``); against the LID
+detector, the rejection-blind ``pgd-blind`` (its naive baseline) and the rejection-aware
+``pgd``. Every comparison is
 between exact 95% intervals, never between point estimates. Needs the CIFAR-10 files
 (``$GAUNTLET_DATA``, ../shared/data); skipped without them.
 """
@@ -22,8 +24,13 @@ from tests import pattern
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
-SHATTERED = ("buckman2018-thermometer-cifar10", "guo2018-jpeg-cifar10", "guo2018-bit-depth-cifar10")
+#: Quilting is left out: on the CIFAR-10 quick run's 20 examples PGD-BPDA-EOT takes it from 61% to 21%
+#: [6, 49], not to the undefended level (reported in the issue), and its 10-example quick limit is
+#: too small a slice for the interval comparisons below.
+SHATTERED = ("buckman2018-thermometer-cifar10", "guo2018-jpeg-cifar10", "guo2018-bit-depth-cifar10",
+             "song2018-pixeldefend-cifar10")
 STOCHASTIC = ("xie2018-randomization-cifar10", "dhillon2018-sap-cifar10", "guo2018-crop-rescale-cifar10")
+DETECTOR = "ma2018-lid-cifar10"
 DEFENSES = ("standard-cifar10", "madry2018-pgd-at-cifar10", *SHATTERED, *STOCHASTIC)
 THREAT = "linf-0.031"
 N = 40
@@ -38,7 +45,8 @@ def results(tmp_path_factory) -> Path:
     if unavailable("cifar10", SHARED_DATA):
         pytest.skip(f"CIFAR-10 files not found in {SHARED_DATA}")
     out = tmp_path_factory.mktemp("pattern-cifar10")
-    for defenses, attacks in ((STOCHASTIC, ("pgd-eot",)), (DEFENSES, ("pgd", "pgd-bpda", "pgd-bpda-eot"))):
+    for defenses, attacks in ((STOCHASTIC, ("pgd-eot",)), (DEFENSES, ("pgd", "pgd-bpda", "pgd-bpda-eot")),
+                              ((DETECTOR,), ("pgd-blind", "pgd"))):
         summary = run(RunConfig(submissions_dir=ROOT / "submissions", defenses=defenses, attacks=attacks,
                                 threats=(THREAT,), n_examples=N, results_dir=out, data_dir=SHARED_DATA,
                                 sweep=False, certify=False, isolate=False), progress=False)
@@ -90,3 +98,12 @@ def test_adversarial_training_holds(results):
     standard = accuracy_interval(adaptive_scores(results, "standard-cifar10"))
     assert madry[1] >= 0.3, madry  # the issue's aim: at least 30% (the paper: 47% with a WideResNet)
     assert madry[0] > standard[1], (madry, standard)  # significantly more robust than undefended
+
+
+def test_lid_holds_against_the_blind_attack_and_falls_to_the_aware_one(results):
+    blind = accuracy_interval(pattern.scores(results, DS, DETECTOR, THREAT, "pgd-blind"))
+    aware = accuracy_interval(pattern.scores(results, DS, DETECTOR, THREAT, "pgd"))
+    standard = accuracy_interval(adaptive_scores(results, "standard-cifar10"))
+    print(DETECTOR, "blind", blind, "aware", aware)
+    assert blind[0] > aware[1], (blind, aware)  # the naive figure lies above the aware one's interval
+    assert aware[0] <= standard[1] + LEVEL_SLACK, (aware, standard)
