@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gauntlet.defenses.models import make_classifier
-from gauntlet.defenses.recipes import cross_entropy_epochs, load_source
+from gauntlet.defenses.recipes import copy_classifier, cross_entropy_epochs
 
 if TYPE_CHECKING:
     from gauntlet.benchmark.training import TrainingJob
@@ -105,10 +105,10 @@ def layer_outputs(classifier: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     take every layer's output, the input included (their ``get_layer_wise_activations``).
     """
     taps: list[torch.Tensor] = [x.flatten(1)]
-    produced: list[torch.Tensor] = []
+    last: list[torch.Tensor] = []  # the latest leaf output itself, to recognise the logits
 
     def tap(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-        produced.append(out)
+        last[:] = [out]
         taps.append(out.flatten(1).clone())
 
     hooks = [m.register_forward_hook(tap) for m in _leaves(classifier) if not isinstance(m, nn.Flatten)]
@@ -117,7 +117,7 @@ def layer_outputs(classifier: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     finally:
         for h in hooks:
             h.remove()
-    if not produced or produced[-1] is not logits:
+    if not last or last[0] is not logits:
         taps.append(logits.flatten(1))
     return taps
 
@@ -377,8 +377,7 @@ def lid_recipe(job: TrainingJob, epochs: int = 8, lr: float = 1e-3, batch_size: 
         opt = torch.optim.Adam(clf.parameters(), lr=lr)
         cross_entropy_epochs(opt, clf, clf, x, y, epochs, batch_size, gen)
     else:
-        source = load_source(job.submissions_dir, classifier_source, job.submission.manifest.dataset, job.device)
-        clf.load_state_dict(source.classifier.state_dict())
+        copy_classifier(job, classifier_source, clf)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -35,7 +35,7 @@ from torch import nn
 from gauntlet.defenses.models import make_classifier
 from gauntlet.defenses.pipeline import Defense, Step
 from gauntlet.defenses.pixelcnn import PixelCNN
-from gauntlet.defenses.recipes import batches, cross_entropy_epochs, load_source
+from gauntlet.defenses.recipes import batches, copy_classifier, cross_entropy_epochs
 
 if TYPE_CHECKING:
     from gauntlet.benchmark.training import TrainingJob
@@ -249,8 +249,7 @@ def train_pixeldefend(job: TrainingJob, pixelcnn_epochs: int = 6, pixelcnn_lr: f
     cnn.eval()
     clf = model.classifier
     if classifier_source is not None:
-        source = load_source(job.submissions_dir, classifier_source, job.submission.manifest.dataset, job.device)
-        clf.load_state_dict(source.classifier.state_dict())
+        copy_classifier(job, classifier_source, clf)
     else:
         inputs = job.defense.preprocess(x) if purified_training else x
         opt = torch.optim.Adam(clf.parameters(), lr=lr)

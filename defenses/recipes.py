@@ -64,15 +64,14 @@ def standard(job, epochs: int = 8, lr: float = 1e-3, batch_size: int = 64,
     return model
 
 
-def load_source(submissions_dir: Path, source: str, dataset: str, device: torch.device) -> nn.Module:
-    """A committed submission's defense, built by the registry (sha256-checked weights):
-    cascade training's network A, the classifier a detector is fitted to.
+def _source_submission(submissions_dir: Path, source: str, dataset: str):
+    """The committed submission ``source`` of ``submissions_dir``, on ``dataset``.
 
     Raises:
         ValueError: ``source`` is not a submission folder of ``submissions_dir`` or is on
             another dataset.
     """
-    from gauntlet.benchmark.registry import MANIFEST_NAME, build_defense, load_submission
+    from gauntlet.benchmark.registry import MANIFEST_NAME, load_submission
 
     base = Path(submissions_dir).resolve()
     folder = (base / source).resolve()
@@ -81,7 +80,33 @@ def load_source(submissions_dir: Path, source: str, dataset: str, device: torch.
     sub = load_submission(folder / MANIFEST_NAME)
     if sub.manifest.dataset != dataset:
         raise ValueError(f"source {source!r} is on {sub.manifest.dataset!r}, not {dataset!r}")
-    return build_defense(sub, device)
+    return sub
+
+
+def load_source(submissions_dir: Path, source: str, dataset: str, device: torch.device) -> nn.Module:
+    """A committed submission's defense, built by the registry (sha256-checked weights):
+    cascade training's network A.
+
+    Raises:
+        ValueError: as :func:`_source_submission`.
+    """
+    from gauntlet.benchmark.registry import build_defense
+
+    return build_defense(_source_submission(submissions_dir, source, dataset), device)
+
+
+def copy_classifier(job, source: str, into: nn.Module) -> None:
+    """Load the classifier weights (sha256-checked) of the committed submission ``source``,
+    on the job's dataset, into ``into`` (same architecture): the classifier a detector or a
+    purifier is fitted to. Only the classifier is built, not the source's defense.
+
+    Raises:
+        ValueError: as :func:`_source_submission`; a state dict that does not fit ``into``.
+    """
+    from gauntlet.benchmark.registry import build_classifier
+
+    sub = _source_submission(job.submissions_dir, source, job.submission.manifest.dataset)
+    into.load_state_dict(build_classifier(sub).state_dict())
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
