@@ -226,7 +226,8 @@ class SubmissionRun:
         if candidates is not None:
             skipped = (self.clean.correct > 0) & ~torch.tensor(candidates, device=self.x.device)
         x_adv = self.x.clone()
-        todo = torch.nonzero((self.clean.correct > 0) & ~skipped).flatten()
+        attacked = (self.clean.correct > 0) & ~skipped
+        todo = torch.nonzero(attacked).flatten()
         infos: list[tuple[int, dict]] = []
         for start_i in range(0, len(todo), self.cfg.batch_size):
             rows = todo[start_i:start_i + self.cfg.batch_size]
@@ -245,7 +246,6 @@ class SubmissionRun:
             fresh = self.score_fresh(x_adv[todo], self.y[todo], job_seed(self.cfg.seed, run_id + "/score"))
             adv = Scores(*(getattr(self.clean, f.name).index_copy(0, todo, getattr(fresh, f.name))
                            for f in dataclasses.fields(Scores)))
-        attacked = (self.clean.correct > 0) & ~skipped
         abstains = bool(getattr(self.defense, "abstains", False))
         rejects = bool(getattr(self.defense, "rejects", False))
         # The headline: a rejected adversarial input is a defense win for a detector and an
