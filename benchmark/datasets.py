@@ -28,7 +28,12 @@ import torch
 
 
 class DatasetError(RuntimeError):
-    """A dataset cannot be found or read; the message says where it looked."""
+    """A dataset cannot be found or read; the message says where it looked and how to
+    provide the files."""
+
+
+#: How to provide a missing dataset, the end of every "not found" message.
+PROVIDE = "provide the files with --data-dir DIR or $GAUNTLET_DATA, or pass --download (needs a network)"
 
 
 @dataclass(frozen=True)
@@ -154,11 +159,10 @@ def _load_mnist(split: str, root: Path | None, download: bool):
     import torchvision
 
     if root is None:
-        raise DatasetError("mnist: no data directory; pass --data-dir or set GAUNTLET_DATA "
-                           "(a folder holding MNIST/raw/*.gz), or --download")
+        raise DatasetError(f"mnist: no data directory (a folder holding MNIST/raw/*.gz); {PROVIDE}")
     raw = root / "MNIST" / "raw"
     if not raw.is_dir() and not download:
-        raise DatasetError(f"mnist: {raw} not found; pass --download to fetch it")
+        raise DatasetError(f"mnist: {raw} not found; {PROVIDE}")
     # torchvision extracts the .gz archives next to them; the data folder may be
     # read-only (CI's ../shared/data), so extract into a cache of our own.
     cache = _cache_dir() / "torchvision"
@@ -181,8 +185,7 @@ def _load_mnist(split: str, root: Path | None, download: bool):
 
 def _load_cifar10(split: str, root: Path | None, download: bool):
     if root is None:
-        raise DatasetError("cifar10: no data directory; pass --data-dir or set GAUNTLET_DATA, "
-                           "or --download")
+        raise DatasetError(f"cifar10: no data directory; {PROVIDE}")
     npz = root / f"cifar10-{split}.npz"
     # One file per split, or (training set) one file per official batch, in batch order:
     # cifar10-train-1.npz … -5.npz concatenate to torchvision's CIFAR10(train=True).
@@ -198,8 +201,7 @@ def _load_cifar10(split: str, root: Path | None, download: bool):
     import torchvision
 
     if not (root / "cifar-10-batches-py").is_dir() and not download:
-        raise DatasetError(f"cifar10: neither {npz} nor {root / 'cifar-10-batches-py'} found; "
-                           "pass --download to fetch it")
+        raise DatasetError(f"cifar10: neither {npz} nor {root / 'cifar-10-batches-py'} found; {PROVIDE}")
     ds = torchvision.datasets.CIFAR10(str(root), train=(split == "train"), download=download)
     x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
     return x.contiguous(), torch.tensor(ds.targets, dtype=torch.long)
@@ -224,8 +226,7 @@ def unavailable(dataset_id: str, data_dir: str | Path | None = None, download: b
     try:
         get_dataset(dataset_id).split("test", data_dir, download=download)
     except DatasetError as e:
-        return (f"{e} (provide the files with --data-dir DIR or $GAUNTLET_DATA, or pass --download "
-                "with a network)")
+        return str(e)
     return None
 
 
