@@ -25,6 +25,7 @@ CASES = [
     ("xie2018-randomization", {"epochs": 1}),
     ("standard-cifar10", {"epochs": 1, "checkpoint": False}),
     ("madry2018-pgd-at-cifar10", {"epochs": 1, "checkpoint": False}),
+    ("buckman2018-thermometer-at-cifar10", {"epochs": 1, "checkpoint": False}),
     ("na2018-cascade-at-cifar10", {"epochs": 1, "pretrain_epochs": 0, "source_steps": 1}),
     ("lipschitz-margin-cifar10", {"epochs": 1}),
 ]
