@@ -6,8 +6,8 @@ while adversarial training holds, and the thermometer code adds nothing to it.
 Slice: the first 40 CIFAR-10 test images; attacks: naive ``pgd`` and the adaptive PGD
 variants that apply (``pgd-bpda``, ``pgd-eot``, ``pgd-bpda-eot``); against the LID
 detector, the rejection-blind ``pgd-blind`` (its naive baseline) and the rejection-aware
-``pgd``; against the adversarially trained thermometer and fast AT, ``pgd``, ``pgd-bpda`` and
-``apgd-ce``. Every comparison is between exact 95% intervals, never between point estimates. Needs the CIFAR-10 files
+``pgd``; against the adversarially trained thermometer and fast AT, ``pgd``, ``pgd-bpda``,
+``apgd-ce`` and ``square``. Every comparison is between exact 95% intervals, never between point estimates. Needs the CIFAR-10 files
 (``$GAUNTLET_DATA``, ../shared/data); skipped without them.
 """
 from __future__ import annotations
@@ -32,10 +32,10 @@ SHATTERED = ("buckman2018-thermometer-cifar10", "guo2018-jpeg-cifar10", "guo2018
 STOCHASTIC = ("xie2018-randomization-cifar10", "dhillon2018-sap-cifar10", "guo2018-crop-rescale-cifar10")
 DETECTOR = "ma2018-lid-cifar10"
 #: Thermometer + adversarial training against adversarial training alone, both under the same
-#: attacks where they apply: naive PGD, PGD-BPDA and APGD-CE (through BPDA), the attack that
-#: breaks it here.
+#: attacks where they apply: naive PGD, PGD-BPDA, APGD-CE (through BPDA) and Square, the
+#: gradient-free attack that breaks what the BPDA gradient leaves.
 THERMOMETER_AT, MADRY = "buckman2018-thermometer-at-cifar10", "madry2018-pgd-at-cifar10"
-AT_ATTACKS = ("pgd", "pgd-bpda", "apgd-ce")
+AT_ATTACKS = ("pgd", "pgd-bpda", "apgd-ce", "square")
 DEFENSES = ("standard-cifar10", "madry2018-pgd-at-cifar10", *SHATTERED, *STOCHASTIC)
 THREAT = "linf-0.031"
 N = 40
