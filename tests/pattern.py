@@ -19,13 +19,18 @@ def acc(results: Path, dataset: str, defense: str, threat: str, attack: str) -> 
     return sum(s) / len(s)
 
 
-def adaptive_scores(results: Path, dataset: str, defense: str, threat: str) -> list[float]:
-    """Per-example worst case over naive PGD and the adaptive variants that ran against it
-    (a null score: the cascade did not hand the example to that variant, pgd broke it)."""
+def worst_scores(results: Path, dataset: str, defense: str, threat: str, attacks: tuple[str, ...]) -> list[float]:
+    """Per-example worst case over those of ``attacks`` that ran against the defense (an
+    attack that does not apply has no file; a null score: the cascade did not hand the
+    example to that attack, an earlier one broke it)."""
     folder = results / dataset / defense / threat
-    rows = [scores(results, dataset, defense, threat, a) for a in ("pgd", *ADAPTIVE)
-            if (folder / f"{a}.json").exists()]
+    rows = [scores(results, dataset, defense, threat, a) for a in attacks if (folder / f"{a}.json").exists()]
     return [min(v for v in col if v is not None) for col in zip(*rows)]
+
+
+def adaptive_scores(results: Path, dataset: str, defense: str, threat: str) -> list[float]:
+    """Per-example worst case over naive PGD and the adaptive variants that ran against it."""
+    return worst_scores(results, dataset, defense, threat, ("pgd", *ADAPTIVE))
 
 
 def adaptive(results: Path, dataset: str, defense: str, threat: str) -> float:
@@ -33,6 +38,10 @@ def adaptive(results: Path, dataset: str, defense: str, threat: str) -> float:
     return sum(s) / len(s)
 
 
+def flags(results: Path, dataset: str, defense: str, threat: str) -> dict[str, dict]:
+    """The flags job's flags at one threat, by id (each with ``raised`` and ``numbers``)."""
+    return {f["id"]: f for f in read_result(results / dataset / defense / threat / "flags.json")["flags"]}
+
+
 def raised(results: Path, dataset: str, defense: str, threat: str) -> set[str]:
-    flags = read_result(results / dataset / defense / threat / "flags.json")["flags"]
-    return {f["id"] for f in flags if f["raised"]}
+    return {i for i, f in flags(results, dataset, defense, threat).items() if f["raised"]}

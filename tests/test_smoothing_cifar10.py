@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from scipy.stats import norm
 
+from gauntlet.benchmark.certification.smoothing import max_radius
 from gauntlet.benchmark.datasets import get_dataset, unavailable
 from gauntlet.benchmark.intervals import accuracy_interval
 from gauntlet.benchmark.registry import build_classifier, load_submission
 from gauntlet.benchmark.results import read_result
 from gauntlet.benchmark.runner import RunConfig, run
+from tests import pattern
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,11 +50,6 @@ def certificate(results: Path, defense: str) -> dict:
     return read_result(results / DS / defense / "certify" / "randomized-smoothing.json")
 
 
-def flag(results: Path, defense: str, flag_id: str) -> dict:
-    flags = read_result(results / DS / defense / THREAT / "flags.json")["flags"]
-    return next(f for f in flags if f["id"] == flag_id)
-
-
 @pytest.mark.parametrize("sigma", sorted(SIGMAS))
 def test_certified_accuracy_sits_below_the_empirical(results, sigma):
     defense = SIGMAS[sigma]
@@ -65,7 +61,7 @@ def test_certified_accuracy_sits_below_the_empirical(results, sigma):
     survived = attack["per_example"]["adv_survives"]
     assert None not in survived  # a single attack is handed every example
     empirical = accuracy_interval(survived)
-    violated = flag(results, defense, "certificate-violated")
+    violated = pattern.flags(results, DS, defense, THREAT)["certificate-violated"]
     print(defense, "certified", certified, cert["summary"]["certified_accuracy_ci"][THREAT],
           "empirical", sum(survived) / N, empirical, violated["numbers"])
     assert not violated["raised"], violated["numbers"]  # no certified example broken beyond α·n
@@ -77,16 +73,14 @@ def test_certified_accuracy_sits_below_the_empirical(results, sigma):
 def test_larger_sigma_has_the_longer_tail(results):
     """Radii beyond what CERTIFY's n allows σ: the cap σ·Φ⁻¹(α^(1/n)) grows with σ, and the
     larger σ's curve certifies examples past the smaller σ's cap."""
-    sigmas = sorted(SIGMAS)
-    for small, large in zip(sigmas, sigmas[1:]):
-        params = certificate(results, SIGMAS[small])["params"]
-        cap = small * norm.ppf(params["alpha"] ** (1 / params["n"]))
-        radii_small = certificate(results, SIGMAS[small])["per_example"]["radius"]
-        radii_large = certificate(results, SIGMAS[large])["per_example"]["radius"]
-        ok_large = certificate(results, SIGMAS[large])["per_example"]["correct"]
-        assert max(radii_small) <= cap + 1e-9, (small, max(radii_small), cap)
+    certs = [certificate(results, SIGMAS[sigma]) for sigma in sorted(SIGMAS)]
+    for small, large in zip(certs, certs[1:]):
+        cap = max_radius(small["params"]["n"], small["params"]["alpha"], small["params"]["sigma"])
+        radii_small = small["per_example"]["radius"]
+        assert max(radii_small) <= cap + 1e-9, (small["params"]["sigma"], max(radii_small), cap)
+        radii_large, ok_large = large["per_example"]["radius"], large["per_example"]["correct"]
         beyond = [bool(c) and r > cap for r, c in zip(radii_large, ok_large)]
-        assert accuracy_interval([float(b) for b in beyond])[0] > 0, (large, cap, radii_large)
+        assert accuracy_interval([float(b) for b in beyond])[0] > 0, (large["params"]["sigma"], cap, radii_large)
 
 
 def test_larger_sigma_has_the_lower_clean_accuracy():
