@@ -156,13 +156,17 @@ class Evaluation:
 CPU_ROWS_PER_PASS: int | None = 128
 
 
-#: Fewest rows (examples × draws) a CPU pass holds: below 4 rows oneDNN and the BLAS take
-#: other kernels, whose float rounding differs from the batched ones (SmallCNN logits and
-#: gradients differ in the last bits at 1–3 rows, and are bit-equal from 4 rows on), so
+#: Fewest rows (examples × draws) a CPU pass holds: below a few rows oneDNN and the BLAS
+#: take other kernels, whose float rounding differs from the batched ones, so
 #: :func:`evaluate` pads a smaller batch with copies of its first row. With it an
 #: example's values do not depend on how many examples share its pass, which the
 #: cascade's exactness needs (an attack's last few robust examples form small batches).
-MIN_ROWS_PER_PASS = 4
+#: How few depends on the CPU: on an AVX2 Xeon SmallCNN's logits and gradients were
+#: bit-equal from 4 rows on; on an AVX-512/AMX Xeon the zoo's SmallCNN and ResNet-9
+#: (plain and thermometer) differ at 1–5 rows and are bit-equal from 6 on. 8 covers both
+#: (`tests/test_speed_cascade.py` checks every batch size from 1 to 40); the padding
+#: costs at most 7 rows, only on the smallest passes.
+MIN_ROWS_PER_PASS = 8
 
 
 def evaluate(view: AdaptiveView, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",

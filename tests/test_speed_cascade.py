@@ -85,34 +85,40 @@ def test_draws_have_the_right_distributions():
     assert set(g.unique().tolist()) == {-1.0, 1.0} and abs(float(g.mean())) < 5 / (400 * 250) ** 0.5
 
 
-class RowWise(torch.nn.Module):
-    """Evaluates a model one row at a time. On some CPUs (this project's AVX-512/AMX Xeon)
-    oneDNN's kernels give logits that differ in the last bits with the batch's size, which
-    can flip a near-tie in an attack's accept step (Square's). The property tested below is
-    the attack's (no row reads another), not the kernel's, so the kernel is taken out of it."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(row[None]) for row in x])
-
-
 @pytest.fixture(scope="module")
 def standard():
     from gauntlet.benchmark.datasets import get_dataset
     from gauntlet.benchmark.registry import build_defense, load_submission
-    from gauntlet.defenses.pipeline import Defense
 
-    built = build_defense(load_submission(ROOT / "submissions" / "standard-cnn-mnist" / "manifest.yaml"),
-                          torch.device("cpu"))
-    assert not built.steps  # the undefended model: its classifier is the whole defense
-    defense = Defense(RowWise(built.classifier)).eval()
+    defense = build_defense(load_submission(ROOT / "submissions" / "standard-cnn-mnist" / "manifest.yaml"),
+                            torch.device("cpu"))
     ds = get_dataset("mnist-embedded")
     x, y = ds.split("test")
     idx = ds.eval_indices(6, None)
     return defense, x[idx], y[idx], torch.tensor(idx)
+
+
+@pytest.mark.parametrize("sub_id", ["standard-cnn-mnist", "standard-cifar10", "buckman2018-thermometer-cifar10"])
+def test_the_adaptive_views_passes_do_not_depend_on_the_batch_size(sub_id):
+    """Bitwise: the view's logits and gradients for an example are the same in a pass of any
+    size from 1 to 40 as in one of 100 (MIN_ROWS_PER_PASS pads the small ones), for the
+    zoo's SmallCNN, ResNet-9 and thermometer ResNet-9 behind BPDA."""
+    from gauntlet.attacks.adaptive import AdaptiveView, evaluate
+    from gauntlet.benchmark.datasets import get_dataset, unavailable
+    from gauntlet.benchmark.registry import build_defense, load_submission
+    from tests.conftest import SHARED_DATA
+
+    sub = load_submission(ROOT / "submissions" / sub_id / "manifest.yaml")
+    data_dir = None if sub.manifest.dataset == "mnist-embedded" else SHARED_DATA
+    if data_dir is not None and unavailable(sub.manifest.dataset, data_dir):
+        pytest.skip(f"{sub.manifest.dataset} files not found in {data_dir}")
+    x, y = get_dataset(sub.manifest.dataset).split("test", data_dir)
+    x, y = x[:100], y[:100]
+    view = AdaptiveView(build_defense(sub, torch.device("cpu")), bpda=True)
+    whole = evaluate(view, x, y)
+    for n in range(1, 41):
+        part = evaluate(view, x[:n], y[:n])
+        assert torch.equal(part.logits, whole.logits[:n]) and torch.equal(part.grad, whole.grad[:n]), n
 
 
 @pytest.mark.parametrize("attack_id, params", [
